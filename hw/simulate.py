@@ -1,0 +1,117 @@
+"""Run the generated accelerator in Amaranth's Python simulator: images in, trace events and results out.
+
+The result has the same shape as sw/reference.py's ReferenceResult (spikes per lif population, readout V) so that
+tests and the command line can compare the two sides directly. numpy only, no torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from amaranth.sim import Simulator
+
+from spikeforge.netimage import Network
+
+from .accelerator import Accelerator
+
+__all__ = ["RtlResult", "rtl_run"]
+
+
+@dataclass
+class RtlResult:
+    """``spikes[p]``: uint8 [T, B, *shape] for every lif population p (None otherwise), rebuilt from the trace
+    ports; ``readout``: int64 [B, *shape]; ``cycles``: the accelerator's ``cycles`` after each image;
+    ``events``: every trace event as (image, population, step, neuron) in the order the hardware emitted them."""
+
+    spikes: list
+    readout: np.ndarray
+    cycles: list[int]
+    events: list[tuple[int, int, int, int]] = field(default_factory=list)
+    total_cycles: int = 0
+
+    def spike_counts(self) -> list[int | None]:
+        return [None if s is None else int(s.sum()) for s in self.spikes]
+
+
+def rtl_run(net: Network, images, time_steps: int | None = None, *, results_ready: float = 1.0,
+            seed: int = 0, max_cycles: int = 5_000_000, vcd: str | None = None) -> RtlResult:
+    """Simulate the accelerator on ``images`` (uint8-valued [B, C, H, W]).
+
+    ``results_ready`` < 1 drops the results stream's ready at random (that fraction of cycles ready) to exercise
+    back-pressure. Raises RuntimeError if an image does not finish within ``max_cycles``.
+    """
+    T = net.time_steps if time_steps is None else time_steps
+    images = np.asarray(images)
+    if images.ndim == 3:
+        images = images[:, None]
+    B = images.shape[0]
+    dut = Accelerator(net, T)
+    pops = net.populations
+    lif = [p for p, pop in enumerate(pops) if pop.kind == "lif"]
+    spikes = [np.zeros((T, B, *pop.shape), np.uint8) if pop.kind == "lif" else None for pop in pops]
+    readout = np.zeros((B, pops[-1].size), np.int64)
+    cycles: list[int] = []
+    events: list[tuple[int, int, int, int]] = []
+    rng = np.random.default_rng(seed)
+    state = {"image": 0, "result": 0, "steps": {p: 0 for p in lif}, "cycle": 0}
+
+    traces = [getattr(dut, f"spikes_p{p}") for p in lif]
+    watched = [dut.results.valid, dut.results.ready, dut.results.payload]
+    for tr in traces:
+        watched += [tr.valid, tr.index, tr.step_end]
+
+    async def monitor(ctx):
+        async for _clk, _rst, *values in ctx.tick().sample(*watched):
+            state["cycle"] += 1
+            b = state["image"]
+            rv, rr, rp = values[:3]
+            for k, p in enumerate(lif):
+                valid, index, step_end = values[3 + 3 * k: 6 + 3 * k]
+                if valid:
+                    t = state["steps"][p]
+                    if t < T and b < B:
+                        spikes[p][t, b].reshape(-1)[index] = 1
+                    events.append((b, p, t, int(index)))
+                if step_end:
+                    state["steps"][p] += 1
+            if rv and rr and b < B:
+                readout[b, state["result"]] = rp
+                state["result"] += 1
+
+    async def bench(ctx):
+        size = readout.shape[1]
+        for b in range(B):
+            for pixel in images[b].reshape(-1):
+                ctx.set(dut.pixels.payload, int(pixel))
+                ctx.set(dut.pixels.valid, 1)
+                await ctx.tick().until(dut.pixels.ready)
+            ctx.set(dut.pixels.valid, 0)
+            start = state["cycle"]
+            while state["result"] < size:
+                ctx.set(dut.results.ready, int(rng.random() < results_ready))
+                await ctx.tick()
+                if state["cycle"] - start > max_cycles:
+                    raise RuntimeError(f"image {b} did not finish within {max_cycles} cycles")
+            ctx.set(dut.results.ready, 0)
+            await ctx.tick()
+            cycles.append(ctx.get(dut.cycles))
+            for p in lif:
+                if state["steps"][p] != T:
+                    raise RuntimeError(f"population {p} signalled {state['steps'][p]} step ends for image {b}, "
+                                       f"not {T}")
+                state["steps"][p] = 0
+            state["result"] = 0
+            state["image"] += 1
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_process(monitor)
+    sim.add_testbench(bench)
+    if vcd:
+        with sim.write_vcd(vcd):
+            sim.run()
+    else:
+        sim.run()
+    return RtlResult(spikes=spikes, readout=readout.reshape(B, *pops[-1].shape), cycles=cycles, events=events,
+                     total_cycles=state["cycle"])

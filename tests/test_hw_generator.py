@@ -1,0 +1,92 @@
+"""The generator's contract: refusals with one clear sentence, Verilog generation, the memory estimate."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+from amaranth.back import verilog
+
+from spikeforge.hw.accelerator import Accelerator, UnsupportedNetworkError, estimate_memory
+from spikeforge.netgen import random_network
+from spikeforge.netimage import Projection, required_acc_bits, validate
+
+DEMO_LAYERS = [("conv", 8, 3, 2, 1), ("conv", 16, 3, 2, 1), ("dense", 10)]
+
+
+def demo_shaped_network(seed=7):
+    """input 1x28x28, conv3x3 s2 p1 1->8, conv3x3 s2 p1 8->16, dense 784->10 readout, 4-bit weights."""
+    return random_network(seed, input_shape=(1, 28, 28), layers=DEMO_LAYERS, wbits=4, time_steps=10)
+
+
+def test_refuses_skip_connection():
+    net = random_network(1, layers=[("conv", 2, 3, 1, 1), ("dense", 3)])
+    readout = net.populations[2]
+    readout.projections.append(Projection(source=0, kind="dense", wbits=2,
+                                          weight=np.ones((3, net.input.size), np.int64)))
+    readout.acc_bits = required_acc_bits(net, 2)
+    validate(net)
+    with pytest.raises(UnsupportedNetworkError, match=r"population 2 \('readout'\).*not supported by this "
+                                                      r"generator yet"):
+        Accelerator(net)
+
+
+def test_refuses_projection_from_an_earlier_population():
+    net = random_network(2, layers=[("conv", 2, 3, 1, 1), ("dense", 3)])
+    readout = net.populations[2]
+    readout.projections = [Projection(source=0, kind="dense", wbits=2, weight=np.ones((3, 36), np.int64))]
+    readout.acc_bits = required_acc_bits(net, 2)
+    validate(net)
+    with pytest.raises(UnsupportedNetworkError, match=r"population 2 \('readout'\) receives projections from "
+                                                      r"\['input'\]"):
+        Accelerator(net)
+
+
+def test_refuses_wide_accumulator():
+    net = random_network(3, layers=[("conv", 2, 3, 1, 1), ("dense", 3)])
+    net.populations[1].acc_bits = 40
+    validate(net)
+    with pytest.raises(UnsupportedNetworkError, match=r"population 1 \('layer1'\) needs a 40-bit accumulator.*"
+                                                      r"max_acc_bits=32"):
+        Accelerator(net)
+    with pytest.raises(UnsupportedNetworkError, match="max_acc_bits=8"):
+        Accelerator(random_network(3), max_acc_bits=8)
+
+
+def test_verilog_random_network():
+    net = random_network(4, time_steps=5)
+    text = verilog.convert(Accelerator(net), name="spikeforge_top")
+    assert "module spikeforge_top" in text
+    for port in ("pixels__valid", "pixels__ready", "results__payload", "cycles", "busy", "spikes_p1__valid",
+                 "spikes_p1__index", "spikes_p1__step_end"):
+        assert port in text, port
+
+
+def test_verilog_demo_shaped_network():
+    net = demo_shaped_network()
+    start = time.perf_counter()
+    text = verilog.convert(Accelerator(net), name="spikeforge_top")
+    assert time.perf_counter() - start < 60
+    assert "module spikeforge_top" in text
+    assert "spikes_p2__index" in text
+
+
+def test_estimate_memory_demo():
+    net = demo_shaped_network()
+    rows = {r["name"]: r for r in estimate_memory(net)}
+    assert rows["input.image"] == {"name": "input.image", "depth": 784, "width": 8, "bits": 6272, "ice40_ebr": 2}
+    assert rows["layer1.membrane"]["depth"] == 8 * 14 * 14
+    assert rows["layer1.membrane"]["width"] == net.populations[1].acc_bits
+    assert rows["layer2.weights"]["depth"] == 16 * 8 * 9 and rows["layer2.weights"]["width"] == 4
+    assert rows["readout.weights"]["bits"] == 784 * 10 * 4
+    assert all(r["bits"] == r["depth"] * r["width"] for r in rows.values())
+
+
+def test_hw_does_not_import_torch():
+    import subprocess
+    import sys
+    code = ("import sys, spikeforge.hw.accelerator, spikeforge.hw.layers, spikeforge.hw.simulate; "
+            "bad = [m for m in sys.modules if m == 'torch' or m.startswith('spikeforge.sw')]; "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)
