@@ -245,6 +245,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--time-steps", type=int, help="T (default: the network file's)")
     p.set_defaults(func=cmd_bitstream)
 
+    # gradflow has its own parser (spikeforge.sw.gradflow.main); main() hands it the arguments directly
+    sub.add_parser("gradflow", add_help=False,
+                   help="gradient norm vs depth at initialization for several surrogate widths (table + PNG)")
+
     p = sub.add_parser("demo", help="end to end: train (short), deploy, prove the RTL bit-exact, build a bitstream")
     data_args(p)
     p.add_argument("--out", default="build/demo", help="output folder")
@@ -255,6 +259,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["gradflow"]:
+        from spikeforge.sw.gradflow import main as gradflow_main
+
+        gradflow_main(argv[1:])
+        return 0
     args = build_parser().parse_args(argv)
     if getattr(args, "backend", None) == "rtl" and args.images is None:
         args.images = 20
