@@ -65,20 +65,6 @@ def cmd_train(args) -> int:
     return 0
 
 
-def cmd_export(args) -> int:
-    from spikeforge.sw.export import export_network
-
-    checkpoint = Path(args.checkpoint)
-    if not checkpoint.is_file():
-        raise CliError(f"{checkpoint}: no such checkpoint; train one with `spikeforge train --out DIR` "
-                       f"(it writes DIR/checkpoint.pt)")
-    net = export_network(checkpoint, max_acc_bits=args.max_acc_bits)
-    netimage.save(net, args.output)
-    print(netimage.summary(net))
-    print(f"wrote {args.output}")
-    return 0
-
-
 def cmd_inspect(args) -> int:
     net = _load_network(args.network)
     print(f"{args.network}: format v{netimage.FORMAT_VERSION}, T={net.time_steps}, "
@@ -214,12 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="random seed")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("export", help="fold BN and write the integer network file (.sfnet) from a checkpoint")
-    p.add_argument("checkpoint", help="checkpoint.pt written by `spikeforge train`")
-    p.add_argument("-o", "--output", required=True, help="network file to write (.sfnet)")
-    p.add_argument("--max-acc-bits", type=int, default=32,
-                   help="the hardware accumulator's width; refuse networks that need more (default 32)")
-    p.set_defaults(func=cmd_export)
+    # export has its own parser (spikeforge.sw.export.main); main() hands it the arguments directly
+    sub.add_parser("export", add_help=False,
+                   help="fold BN and write the integer network file (.sfnet) from a checkpoint")
 
     p = sub.add_parser("inspect", help="print a network file's populations, widths and memory estimate")
     p.add_argument("network", help="network file (.sfnet)")
@@ -264,6 +247,11 @@ def main(argv=None) -> int:
         from spikeforge.sw.gradflow import main as gradflow_main
 
         gradflow_main(argv[1:])
+        return 0
+    if argv[:1] == ["export"]:
+        from spikeforge.sw.export import main as export_main
+
+        export_main(argv[1:])
         return 0
     args = build_parser().parse_args(argv)
     if getattr(args, "backend", None) == "rtl" and args.images is None:
