@@ -1,8 +1,9 @@
 """The time-stepped, event-driven LIF accelerator, generated from a network image.
 
 An input unit replays the image as graded events once per time step; one layer unit per population accumulates
-its source's events into membrane memory and then updates, fires and streams its own spikes to the next unit.
-docs/architecture.md explains the schedule, the cycle cost and the memory budget. Torch-free on purpose.
+the events of all its projections' sources into membrane memory and then updates, fires and streams its own
+spikes to every later unit that reads them (a fan-out with one FIFO per reader). docs/architecture.md explains the
+schedule, why it cannot deadlock, the cycle cost and the memory budget. Torch-free on purpose.
 """
 
 from __future__ import annotations
@@ -10,39 +11,47 @@ from __future__ import annotations
 import operator
 
 from amaranth.hdl import Module, Signal, unsigned, signed
-from amaranth.lib import fifo, stream, wiring
+from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from spikeforge.netimage import Network
 
-from .layers import InputUnit, LayerUnit, event_layout, index_bits
+from .layers import (EventFanout, InputUnit, LayerUnit, event_layout, index_bits, projection_groups,
+                     weight_rom)
 
-__all__ = ["Accelerator", "UnsupportedNetworkError", "check_supported", "estimate_memory", "ice40_ebr_blocks",
-           "DEFAULT_MAX_ACC_BITS"]
+__all__ = ["Accelerator", "UnsupportedNetworkError", "check_supported", "consumers", "estimate_memory",
+           "ice40_ebr_blocks", "DEFAULT_MAX_ACC_BITS"]
 
 DEFAULT_MAX_ACC_BITS = 32
 
 
 class UnsupportedNetworkError(ValueError):
-    """A valid network image that this generator cannot build yet; the message names the population."""
+    """A valid network image that this generator cannot build; the message names the population."""
 
 
 def check_supported(net: Network, max_acc_bits: int = DEFAULT_MAX_ACC_BITS) -> None:
-    """Raise UnsupportedNetworkError unless ``net`` is a chain this generator can build."""
-    pops = net.populations
-    for i, pop in enumerate(pops[1:], 1):
-        tag = f"population {i} ('{pop.name}')"
-        sources = [pops[p.source].name for p in pop.projections]
-        if len(pop.projections) != 1 or pop.projections[0].source != i - 1:
-            raise UnsupportedNetworkError(
-                f"{tag} receives projections from {sources}, but this generator supports only chains where each "
-                f"population has exactly one projection from the population just before it "
-                f"('{pops[i - 1].name}'); several projections and skip connections are not supported by this "
-                f"generator yet (the file format and the reference support them)")
+    """Raise UnsupportedNetworkError unless this generator can build ``net``.
+
+    Every topology the file format allows is built: a population may receive any number of conv2d (any kernel,
+    stride, padding) and dense projections from any earlier populations, and a population's events may feed any
+    number of later ones. What remains refused is an accumulator wider than ``max_acc_bits``.
+    """
+    for i, pop in enumerate(net.populations[1:], 1):
         if pop.acc_bits > max_acc_bits:
             raise UnsupportedNetworkError(
-                f"{tag} needs a {pop.acc_bits}-bit accumulator, wider than this generator's max_acc_bits="
-                f"{max_acc_bits}; retrain with narrower weights or inputs, or raise max_acc_bits")
+                f"population {i} ('{pop.name}') needs a {pop.acc_bits}-bit accumulator, wider than this "
+                f"generator's max_acc_bits={max_acc_bits}; retrain with narrower weights or inputs, or raise "
+                f"max_acc_bits")
+
+
+def consumers(net: Network) -> dict[int, list[int]]:
+    """For every population, the later populations that read its events (one event stream each, however many
+    projections they take from it), in population order. The readout's list is empty."""
+    readers: dict[int, list[int]] = {i: [] for i in range(len(net.populations))}
+    for p, pop in enumerate(net.populations[1:], 1):
+        for source, _ in projection_groups(pop):
+            readers[source].append(p)
+    return readers
 
 
 # iCE40 EBR (SB_RAM40_4K) configurations: depth x width of one 4-kbit block
@@ -59,18 +68,25 @@ def estimate_memory(net: Network, fifo_depth: int = 4) -> list[dict]:
     and ``ice40_ebr``, the EBR blocks it would take if mapped to iCE40 block RAM (Yosys may put the smallest ones,
     the params and FIFOs, into logic instead).
 
-    Pure arithmetic over the network image; nothing is elaborated.
+    Per population: the membrane, one weight ROM per projection (``name.weights``, or ``name.p{k}.weights`` when
+    the population has several projections; an identity shortcut, a diagonal 1x1 conv, stores only its
+    diagonal), the params ROM, and one event FIFO per source population it reads (``name.fifo``, or
+    ``name.fifo<-source`` when it reads several). Pure arithmetic over the network image; nothing is elaborated.
     """
     pops = net.populations
     rows = [{"name": "input.image", "depth": net.input.size, "width": net.input.bits}]
-    for i, pop in enumerate(pops[1:], 1):
-        proj = pop.projections[0]
+    for pop in pops[1:]:
         rows.append({"name": f"{pop.name}.membrane", "depth": pop.size, "width": pop.acc_bits})
-        rows.append({"name": f"{pop.name}.weights", "depth": int(proj.weight.size), "width": proj.wbits})
+        several = len(pop.projections) > 1
+        for k, proj in enumerate(pop.projections):
+            rows.append({"name": f"{pop.name}.p{k}.weights" if several else f"{pop.name}.weights",
+                         "depth": len(weight_rom(proj)), "width": proj.wbits})
         rows.append({"name": f"{pop.name}.params", "depth": pop.channels,
                      "width": pop.acc_bits + pop.vbits})
-        rows.append({"name": f"{pop.name}.fifo", "depth": fifo_depth,
-                     "width": event_layout(pops[i - 1]).size})
+        groups = projection_groups(pop)
+        for source, _ in groups:
+            rows.append({"name": f"{pop.name}.fifo<-{pops[source].name}" if len(groups) > 1 else f"{pop.name}.fifo",
+                         "depth": fifo_depth, "width": event_layout(pops[source]).size})
     for row in rows:
         row["bits"] = row["depth"] * row["width"]
         row["ice40_ebr"] = ice40_ebr_blocks(row["depth"], row["width"])
@@ -83,13 +99,14 @@ class Accelerator(wiring.Component):
     Parameters
     ----------
     net : Network
-        A chain network (each population fed by exactly one projection from the one before it).
+        Any valid network image: a population may receive several projections (conv2d, dense) from any earlier
+        populations, whose currents add before its one clamp and fire (residual joins, skip connections).
     time_steps : int or None
         Steps per image; ``net.time_steps`` by default.
     max_acc_bits : int
         Refuse populations whose ``acc_bits`` is wider.
     fifo_depth : int
-        Depth of the event FIFO in front of each layer unit.
+        Depth of the event FIFOs: one per (reader, source population) pair, at least 1.
 
     Members
     -------
@@ -111,8 +128,9 @@ class Accelerator(wiring.Component):
         population has emitted all spikes of a time step.
 
     Throughput: the input unit scans ``C*H*W + 1`` cycles per step; a layer spends one cycle per fan-out
-    update in its accumulate phase (a conv tap outside the output costs one cycle) and ``size + 3`` cycles per
-    update pass; the layers of a chain overlap (layer k accumulates step t+1 while layer k+1 processes step t).
+    update of each of its projections in its accumulate phase (a conv tap outside the output costs one cycle),
+    one cycle per source's end token, and ``size + 3`` cycles per update pass; the layers overlap (a layer
+    accumulates step t+1 while its readers still process step t).
     """
 
     def __init__(self, net: Network, time_steps: int | None = None, *, max_acc_bits: int = DEFAULT_MAX_ACC_BITS,
@@ -142,37 +160,37 @@ class Accelerator(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         net, T = self.net, self.time_steps
+        pops = net.populations
 
         m.submodules.input = input_unit = InputUnit(net.input, T)
         wiring.connect(m, wiring.flipped(self.pixels), input_unit.pixels)
 
-        upstream = input_unit.events
-        upstream_layout = event_layout(net.input)
-        readout = None
-        for p, pop in enumerate(net.populations[1:], 1):
-            unit = LayerUnit(net, p, T)
-            m.submodules[f"layer{p}"] = unit
-            queue = fifo.SyncFIFOBuffered(width=upstream_layout.size, depth=self.fifo_depth)
-            m.submodules[f"fifo{p}"] = queue
-            m.d.comb += [
-                queue.w_data.eq(upstream.payload.as_value()),
-                queue.w_en.eq(upstream.valid),
-                upstream.ready.eq(queue.w_rdy),
-                unit.events.payload.eq(queue.r_data),
-                unit.events.valid.eq(queue.r_rdy),
-                queue.r_en.eq(unit.events.ready),
-            ]
-            if pop.kind == "lif":
-                out, trace = unit.spikes, getattr(self, f"spikes_p{p}")
-                handed = out.valid & out.ready
-                m.d.comb += [
-                    trace.valid.eq(handed & ~out.payload.end),
-                    trace.step_end.eq(handed & out.payload.end),
-                    trace.index.eq(out.payload.index),
-                ]
-                upstream, upstream_layout = out, event_layout(pop)
+        units = {}
+        for p in range(1, len(pops)):
+            units[p] = m.submodules[f"layer{p}"] = LayerUnit(net, p, T)
+        readout = units[len(pops) - 1]
+
+        # every producer's stream goes to all its readers, one FIFO each
+        for q, readers in consumers(net).items():
+            if pops[q].kind == "readout":
+                continue
+            producer = input_unit.events if q == 0 else units[q].spikes
+            if readers:
+                fanout = m.submodules[f"fanout{q}"] = EventFanout(event_layout(pops[q]), len(readers),
+                                                                   self.fifo_depth)
+                wiring.connect(m, producer, fanout.events)
+                for i, p in enumerate(readers):
+                    wiring.connect(m, fanout.outputs[i], units[p].events_from(q))
             else:
-                readout = unit
+                m.d.comb += producer.ready.eq(1)  # nobody reads this population: its events only show on the trace
+            if pops[q].kind == "lif":
+                trace = getattr(self, f"spikes_p{q}")
+                handed = producer.valid & producer.ready
+                m.d.comb += [
+                    trace.valid.eq(handed & ~producer.payload.end),
+                    trace.step_end.eq(handed & producer.payload.end),
+                    trace.index.eq(producer.payload.index),
+                ]
         wiring.connect(m, readout.results, wiring.flipped(self.results))
         m.d.comb += input_unit.release.eq(readout.done)
 

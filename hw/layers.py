@@ -1,8 +1,10 @@
-"""The building blocks of the accelerator: the input unit and the layer unit, joined by event streams.
+"""The building blocks of the accelerator: the input unit, the layer unit (with one fan-out walker per
+projection) and the event fan-out, joined by event streams.
 
 Every unit speaks the same protocol: a stream of events, each naming one neuron of its population (channel, row,
 column, flat index) with a value (the pixel for the input, 1 for a spike), and an end-of-step token after the
-last event of each time step. hw/accelerator.py chains the units; this module knows nothing of the chain.
+last event of each time step. hw/accelerator.py wires the units into the network's graph; this module knows
+nothing of the graph.
 """
 
 from __future__ import annotations
@@ -10,13 +12,14 @@ from __future__ import annotations
 import operator
 
 import numpy as np
-from amaranth.hdl import Module, Mux, Signal, signed, unsigned
-from amaranth.lib import data, memory, stream, wiring
+from amaranth.hdl import Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, fifo, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from spikeforge.netimage import Network, Population, signed_range
+from spikeforge.netimage import Network, Population, Projection, signed_range
 
-__all__ = ["event_layout", "index_bits", "InputUnit", "LayerUnit"]
+__all__ = ["event_layout", "index_bits", "projection_groups", "is_diagonal", "weight_rom", "InputUnit",
+           "EventFanout", "FanoutWalker", "LayerUnit"]
 
 
 def index_bits(count: int) -> int:
@@ -163,109 +166,169 @@ class InputUnit(wiring.Component):
         return m
 
 
-class LayerUnit(wiring.Component):
-    """One population: accumulates the events of its source into membranes, then updates and fires, per step.
+def projection_groups(pop: Population) -> list[tuple[int, list[int]]]:
+    """The projections of a population grouped by source, earliest source first: ``[(source, [k, ...]), ...]``.
 
-    The unit owns the membrane memory (one ``acc_bits`` word per neuron, holding leak(V) between steps), the
-    weight ROM of its projection (laid out ``[source channel][ky][kx][output channel]`` so that a fan-out walk
-    advances the address by one) and a ROM of the per-channel bias and threshold.
+    A layer unit reads one event stream per group, in this order (docs/architecture.md explains why this order
+    cannot deadlock); the projections of one group share that stream and walk each event in turn, in the order
+    ``k`` of the file.
+    """
+    groups: dict[int, list[int]] = {}
+    for k, proj in enumerate(pop.projections):
+        groups.setdefault(proj.source, []).append(k)
+    return sorted(groups.items())
+
+
+def is_diagonal(proj: Projection) -> bool:
+    """A 1x1 conv, stride 1, no padding, C_in = C_out, whose weights are zero off the diagonal: how
+    sw/export_resnet.py deploys an identity shortcut. Its walker makes one update per event (the neuron of the
+    same flat index) and its ROM holds only the C diagonal weights."""
+    w = proj.weight
+    if proj.kind != "conv2d" or w.shape[2:] != (1, 1) or w.shape[0] != w.shape[1]:
+        return False
+    if tuple(proj.stride) != (1, 1) or tuple(proj.padding) != (0, 0):
+        return False
+    square = w[:, :, 0, 0]
+    return not (square - np.diag(np.diag(square))).any()
+
+
+def weight_rom(proj: Projection) -> list[int]:
+    """A projection's weight ROM, in the order its walker reads it: ``[ci][ky][kx][co]`` (dense: ``[j][o]``), or
+    just the diagonal for a diagonal 1x1 conv."""
+    if is_diagonal(proj):
+        return [int(v) for v in np.diag(proj.weight[:, :, 0, 0])]
+    if proj.kind == "conv2d":
+        w = np.transpose(proj.weight, (1, 2, 3, 0))  # [ci, ky, kx, co]
+    else:
+        w = proj.weight.T  # [j, o]
+    return [int(v) for v in w.reshape(-1)]
+
+
+class EventFanout(wiring.Component):
+    """Broadcasts one producer's event stream to several consumers, each behind its own FIFO.
+
+    Parameters
+    ----------
+    layout : data.StructLayout
+        The events' payload (``event_layout`` of the producing population).
+    consumers : int
+        How many consumers (at least one).
+    depth : int
+        Depth of each consumer's FIFO.
+
+    Members
+    -------
+    events : In(stream.Signature(layout))
+        The producer's stream. An event is taken in a cycle in which every consumer's FIFO has room, and then it
+        is written into all of them at once: nothing is dropped, a full FIFO back-pressures the producer.
+    outputs : Out(stream.Signature(layout)).array(consumers)
+        One stream per consumer, in the producer's order; each drains at its own pace (up to ``depth`` events
+        apart from the slowest). One event per cycle in and out.
+    """
+
+    def __init__(self, layout: data.StructLayout, consumers: int, depth: int = 4):
+        self.layout = layout
+        self.consumers = operator.index(consumers)
+        self.depth = operator.index(depth)
+        assert self.consumers >= 1 and self.depth >= 1
+        super().__init__({
+            "events": In(stream.Signature(layout)),
+            "outputs": Out(stream.Signature(layout)).array(self.consumers),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        room = []
+        for i in range(self.consumers):
+            queue = fifo.SyncFIFOBuffered(width=self.layout.size, depth=self.depth)
+            m.submodules[f"fifo{i}"] = queue
+            out = self.outputs[i]
+            m.d.comb += [
+                queue.w_data.eq(self.events.payload.as_value()),
+                queue.w_en.eq(self.events.valid & self.events.ready),
+                out.payload.eq(queue.r_data),
+                out.valid.eq(queue.r_rdy),
+                queue.r_en.eq(out.ready),
+            ]
+            room.append(queue.w_rdy)
+        all_room = room[0]
+        for r in room[1:]:
+            all_room = all_room & r
+        m.d.comb += self.events.ready.eq(all_room)
+        return m
+
+
+class FanoutWalker(wiring.Component):
+    """The fan-out of one projection: walks the targets of each source event, one membrane update per cycle.
+
+    Owns the projection's weight ROM, laid out ``[source channel][ky][kx][output channel]`` (dense:
+    ``[source neuron][output neuron]``, a 1x1 conv whose input channels are the source's flat neurons) so that a
+    walk advances the address by one. The membrane memory belongs to the layer unit, which gives its port to the
+    walker that is busy.
 
     Parameters
     ----------
     net : Network
-        The network; the unit implements population ``index``, whose single projection comes from ``index - 1``.
     index : int
-        The population this unit implements (a lif population or the readout).
-    time_steps : int
-        Steps per image.
+        The population the projection feeds.
+    projection : int
+        The projection's index ``k`` in ``net.populations[index].projections``.
 
     Members
     -------
     events : In(stream.Signature(event_layout(source)))
-        The source's events. During the accumulate phase one fan-out update costs one cycle: a conv2d event costs
-        ``C_out`` cycles per kernel tap that lands inside the output and one cycle per tap that misses; a dense
-        event costs ``N_out`` cycles. The next event is accepted in the cycle of the last update of the previous
-        one, so a stream of events runs without bubbles. The end-of-step token starts the update phase.
-    spikes : Out(stream.Signature(event_layout(population)))
-        lif populations only. The update phase reads one neuron per cycle and emits an event for each neuron that
-        fires, in index order, then an end-of-step token; it stalls while ``spikes`` is not ready. One update pass
-        costs ``size + 3`` cycles plus the cycles ``spikes`` is not ready.
-    results : Out(stream.Signature(signed(32)))
-        Readout only. At the last step the update pass emits every neuron's V (sign-extended) in index order.
-    done : Out(1)
-        Readout only: high in the cycle the last result of an image is accepted.
+        Events of the source (never an end token; the layer unit consumes those). Ready while idle and in the
+        cycle of the last update of the current event, so that events run back to back. A conv2d event costs
+        ``C_out`` cycles per kernel tap that lands inside the output and one per tap that misses; a dense event
+        ``N_out`` cycles.
+    read : Out(Signature({"valid": Out(1), "addr": Out(...)}))
+        Stage A: this cycle's update reads membrane word ``addr`` (``valid`` when the tap lands).
+    add : Out(Signature({"valid": Out(1), "addr": Out(...), "value": Out(signed(...))}))
+        Stage B, one cycle later: write ``membrane[addr] + value`` (value = weight x pixel, or the weight for a
+        spike) back, the membrane's read port now showing that word.
     """
 
-    def __init__(self, net: Network, index: int, time_steps: int):
+    def __init__(self, net: Network, index: int, projection: int):
         self.net = net
         self.index = operator.index(index)
         self.pop = pop = net.populations[self.index]
-        self.time_steps = operator.index(time_steps)
-        assert pop.kind in ("lif", "readout") and len(pop.projections) == 1
-        self.proj = pop.projections[0]
-        assert self.proj.source == self.index - 1
+        assert pop.kind in ("lif", "readout")
+        self.proj = pop.projections[operator.index(projection)]
         self.source = net.populations[self.proj.source]
-        members = {"events": In(stream.Signature(event_layout(self.source)))}
-        if pop.kind == "lif":
-            members["spikes"] = Out(stream.Signature(event_layout(pop)))
-        else:
-            members["results"] = Out(stream.Signature(signed(32)))
-            members["done"] = Out(1)
-        super().__init__(members)
+        self.graded = self.source.kind == "input"
+        addr = unsigned(index_bits(pop.size))
+        value = signed(self.proj.wbits + self.source.bits + 1) if self.graded else signed(self.proj.wbits)
+        super().__init__({
+            "events": In(stream.Signature(event_layout(self.source))),
+            "read": Out(wiring.Signature({"valid": Out(1), "addr": Out(addr)})),
+            "add": Out(wiring.Signature({"valid": Out(1), "addr": Out(addr), "value": Out(value)})),
+        })
 
     # --- generation-time tables -------------------------------------------------------------------------
 
     def fanout_geometry(self):
         """(C_in, KH, KW, C_out, H_in, W_in, H_out, W_out, stride, padding) with dense as a 1x1 conv whose input
-        channels are the source's flat neurons."""
+        channels are the source's flat neurons and whose output channels are the population's flat neurons."""
         proj, pop, src = self.proj, self.pop, self.source
         if proj.kind == "conv2d":
             co, ci, kh, kw = proj.weight.shape
             return ci, kh, kw, co, src.shape[1], src.shape[2], pop.shape[1], pop.shape[2], proj.stride, proj.padding
         return src.size, 1, 1, pop.size, 1, 1, 1, 1, (1, 1), (0, 0)
 
-    def weight_rom(self) -> list[int]:
-        proj = self.proj
-        if proj.kind == "conv2d":
-            w = np.transpose(proj.weight, (1, 2, 3, 0))  # [ci, ky, kx, co]
-        else:
-            w = proj.weight.T  # [j, o]
-        return [int(v) for v in w.reshape(-1)]
-
     def elaborate(self, platform):
+        if is_diagonal(self.proj):
+            return self._elaborate_diagonal()
         m = Module()
-        pop, proj = self.pop, self.proj
-        T = self.time_steps
-        N = pop.size
-        A = pop.acc_bits
-        lif = pop.kind == "lif"
-        graded = self.source.kind == "input"
+        proj = self.proj
         ci_n, KH, KW, CO, H_in, W_in, H_out, W_out, (sy, sx), (py, px) = self.fanout_geometry()
         HW_out = H_out * W_out
         TAPS_CO = KH * KW * CO
 
-        # --- memories --------------------------------------------------------------------------------------
-        m.submodules.membrane = membrane = memory.Memory(shape=signed(A), depth=N, init=[])
-        mem_wr = membrane.write_port()
-        mem_rd = membrane.read_port(transparent_for=(mem_wr,))
-
-        weights = self.weight_rom()
+        weights = weight_rom(proj)
         m.submodules.weights = weight_mem = memory.Memory(shape=signed(proj.wbits), depth=len(weights),
                                                           init=weights)
         w_rd = weight_mem.read_port()
 
-        vbits = pop.vbits
-        param_layout = data.StructLayout({"bias": signed(A), "threshold": signed(vbits)})
-        params = [{"bias": int(b), "threshold": int(t) if lif else 0}
-                  for b, t in zip(pop.bias, pop.threshold if lif else np.zeros(pop.channels, np.int64))]
-        m.submodules.params = param_mem = memory.Memory(shape=param_layout, depth=pop.channels, init=params)
-        p_rd = param_mem.read_port()
-
-        step = Signal(range(T), name="step")
-        last_step = Signal(name="last_step")
-        m.d.comb += last_step.eq(step == T - 1)
-
-        # --- accumulate: the fan-out walker (stage A) ------------------------------------------------------
         ev = self.events.payload
         busy = Signal(name="walk_busy")
         value = Signal.like(ev.value, name="walk_value")
@@ -299,14 +362,21 @@ class LayerUnit(wiring.Component):
         finishing = Signal(name="walk_finishing")
         m.d.comb += finishing.eq(busy & last_of_tap & last_tap)
 
-        # stage B: the read data of the update issued in the previous cycle
-        b_valid = Signal(name="acc_valid")
-        b_addr = Signal(range(N), name="acc_addr")
-        b_value = Signal.like(value, name="acc_value")
-        if graded:
-            contribution = w_rd.data * b_value
-        else:
-            contribution = w_rd.data  # a spike's value is 1: no multiplier
+        # stage A: present the target and the weight address; stage B (registered): the addition
+        add_value = Signal.like(value, name="add_value")
+        m.d.comb += [
+            self.events.ready.eq(~busy | finishing),
+            w_rd.addr.eq(w_addr),
+            self.read.valid.eq(busy & tap_hits),
+            self.read.addr.eq(target),
+            # a spike's value is 1: no multiplier
+            self.add.value.eq(w_rd.data * add_value if self.graded else w_rd.data),
+        ]
+        m.d.sync += [
+            self.add.valid.eq(busy & tap_hits),
+            self.add.addr.eq(target),
+            add_value.eq(value),
+        ]
 
         # entry values of a new event: divmod tables over the source's rows and columns
         ev_ci = ev.c if proj.kind == "conv2d" else ev.index
@@ -327,53 +397,188 @@ class LayerUnit(wiring.Component):
                         m.d.comb += [qx_in.eq((x + px) // sx), rx_in.eq((x + px) % sx)]
         # (dense: all zero, the only tap hits output "row 0, column 0" and co walks the outputs)
 
-        m.d.sync += b_valid.eq(0)  # overridden while accumulating
+        # walk one step
+        with m.If(busy):
+            with m.If(~last_of_tap):
+                m.d.sync += [co.eq(co + 1), co_offset.eq(co_offset + HW_out), w_addr.eq(w_addr + 1)]
+            with m.Else():
+                m.d.sync += [co.eq(0), co_offset.eq(0), w_tap.eq(w_tap + CO), w_addr.eq(w_tap + CO)]
+                with m.If(kx == KW - 1):
+                    m.d.sync += [kx.eq(0), qx.eq(qx0), rx.eq(rx0), ky.eq(ky + 1)]
+                    with m.If(ry == 0):
+                        m.d.sync += [ry.eq(sy - 1), qy.eq(qy - 1), row_base.eq(row_base - W_out)]
+                    with m.Else():
+                        m.d.sync += ry.eq(ry - 1)
+                with m.Else():
+                    m.d.sync += kx.eq(kx + 1)
+                    with m.If(rx == 0):
+                        m.d.sync += [rx.eq(sx - 1), qx.eq(qx - 1)]
+                    with m.Else():
+                        m.d.sync += rx.eq(rx - 1)
+                with m.If(last_tap):
+                    m.d.sync += busy.eq(0)
+        # take the next event
+        with m.If(self.events.valid & self.events.ready):
+            start = ev_ci * TAPS_CO  # one constant multiply per event, not per update
+            m.d.sync += [
+                busy.eq(1), value.eq(ev.value),
+                ky.eq(0), kx.eq(0), co.eq(0), co_offset.eq(0),
+                qy.eq(qy_in), ry.eq(ry_in), qx.eq(qx_in), rx.eq(rx_in), qx0.eq(qx_in), rx0.eq(rx_in),
+                row_base.eq(row_base_in),
+                w_tap.eq(start), w_addr.eq(start),
+            ]
+        return m
+
+    def _elaborate_diagonal(self):
+        """An identity shortcut: the event's own flat index is the target, its channel the weight address; one
+        update per event, so events pass at one per cycle (same two stages as the general walk)."""
+        m = Module()
+        weights = weight_rom(self.proj)
+        m.submodules.weights = weight_mem = memory.Memory(shape=signed(self.proj.wbits), depth=len(weights),
+                                                          init=weights)
+        w_rd = weight_mem.read_port()
+        ev = self.events.payload
+        busy = Signal(name="walk_busy")
+        target = Signal.like(self.read.addr, name="target")
+        w_addr = Signal(range(len(weights)), name="w_addr")
+        value = Signal.like(ev.value, name="walk_value")
+        add_value = Signal.like(ev.value, name="add_value")
+        m.d.comb += [
+            self.events.ready.eq(1),  # a busy walker issues its only update in this very cycle
+            self.read.valid.eq(busy),
+            self.read.addr.eq(target),
+            w_rd.addr.eq(w_addr),
+            self.add.value.eq(w_rd.data * add_value if self.graded else w_rd.data),
+        ]
+        m.d.sync += [self.add.valid.eq(busy), self.add.addr.eq(target), add_value.eq(value), busy.eq(0)]
+        with m.If(self.events.valid):
+            m.d.sync += [busy.eq(1), target.eq(ev.index), w_addr.eq(ev.c), value.eq(ev.value)]
+        return m
+
+
+class LayerUnit(wiring.Component):
+    """One population: accumulates the events of all its projections into membranes, then updates and fires.
+
+    The unit owns the membrane memory (one ``acc_bits`` word per neuron, holding leak(V) between steps), one
+    ``FanoutWalker`` (with its weight ROM) per projection, and a ROM of the per-channel bias and threshold. Each
+    step it reads its sources' event streams one after the other, earliest source first, each up to its
+    end-of-step token (``projection_groups``); the projections of one source walk every event in turn. Then one
+    update pass fires the neurons.
+
+    Parameters
+    ----------
+    net : Network
+    index : int
+        The population this unit implements (a lif population or the readout).
+    time_steps : int
+        Steps per image.
+
+    Members
+    -------
+    events_p{s} : In(stream.Signature(event_layout(net.populations[s])))
+        One per source population ``s`` of a projection: that source's events, each step ended by a token. One
+        fan-out update costs one cycle (see ``FanoutWalker``); the next event (for the next walker of the same
+        source, or the next event) is taken in the cycle of the last update of the previous one, so a stream runs
+        without bubbles; each end token costs one cycle. After the last source's end token the update phase starts.
+    spikes : Out(stream.Signature(event_layout(population)))
+        lif populations only. The update phase reads one neuron per cycle and emits an event for each neuron that
+        fires, in index order, then an end-of-step token; it stalls while ``spikes`` is not ready. One update pass
+        costs ``size + 3`` cycles plus the cycles ``spikes`` is not ready.
+    results : Out(stream.Signature(signed(32)))
+        Readout only. At the last step the update pass emits every neuron's V (sign-extended) in index order.
+    done : Out(1)
+        Readout only: high in the cycle the last result of an image is accepted.
+    """
+
+    def __init__(self, net: Network, index: int, time_steps: int):
+        self.net = net
+        self.index = operator.index(index)
+        self.pop = pop = net.populations[self.index]
+        self.time_steps = operator.index(time_steps)
+        assert pop.kind in ("lif", "readout") and pop.projections
+        self.groups = projection_groups(pop)
+        assert all(s < self.index for s, _ in self.groups)
+        members = {f"events_p{s}": In(stream.Signature(event_layout(net.populations[s]))) for s, _ in self.groups}
+        if pop.kind == "lif":
+            members["spikes"] = Out(stream.Signature(event_layout(pop)))
+        else:
+            members["results"] = Out(stream.Signature(signed(32)))
+            members["done"] = Out(1)
+        super().__init__(members)
+
+    def events_from(self, source: int):
+        """The input stream that carries population ``source``'s events."""
+        return getattr(self, f"events_p{source}")
+
+    def elaborate(self, platform):
+        m = Module()
+        pop = self.pop
+        T = self.time_steps
+        N = pop.size
+        A = pop.acc_bits
+        lif = pop.kind == "lif"
+
+        # --- memories --------------------------------------------------------------------------------------
+        m.submodules.membrane = membrane = memory.Memory(shape=signed(A), depth=N, init=[])
+        mem_wr = membrane.write_port()
+        mem_rd = membrane.read_port(transparent_for=(mem_wr,))
+
+        vbits = pop.vbits
+        param_layout = data.StructLayout({"bias": signed(A), "threshold": signed(vbits)})
+        params = [{"bias": int(b), "threshold": int(t) if lif else 0}
+                  for b, t in zip(pop.bias, pop.threshold if lif else np.zeros(pop.channels, np.int64))]
+        m.submodules.params = param_mem = memory.Memory(shape=param_layout, depth=pop.channels, init=params)
+        p_rd = param_mem.read_port()
+
+        step = Signal(range(T), name="step")
+        last_step = Signal(name="last_step")
+        m.d.comb += last_step.eq(step == T - 1)
+
+        # --- the walkers, one per projection ---------------------------------------------------------------
+        walkers = {}
+        for s, ks in self.groups:
+            for k in ks:
+                walkers[k] = m.submodules[f"walker{k}"] = FanoutWalker(self.net, self.index, k)
+                m.d.comb += walkers[k].events.payload.eq(self.events_from(s).payload)
+        # a walker is free when idle or in the cycle of its last update; at most one walker is ever busy, so
+        # the membrane port needs no arbitration, only a multiplexer
+        free = {k: w.events.ready for k, w in walkers.items()}
+        all_free = Signal(name="walkers_free")
+        m.d.comb += all_free.eq(_all([free[k] for k in walkers]))
+        group = Signal(range(max(2, len(self.groups))), name="source_group")
+        turn = Signal(range(max(2, max(len(ks) for _, ks in self.groups))), name="walker_turn")
+
+        read_addr = Const(0, mem_rd.addr.shape())
+        for w in walkers.values():
+            read_addr = Mux(w.read.valid, w.read.addr, read_addr)
+
         with m.FSM(name="phase"):
             with m.State("ACCUMULATE"):
-                m.d.comb += [
-                    self.events.ready.eq(~busy | finishing),
-                    mem_rd.addr.eq(target),
-                    w_rd.addr.eq(w_addr),
-                ]
-                m.d.sync += [
-                    b_valid.eq(busy & tap_hits),
-                    b_addr.eq(target),
-                    b_value.eq(value),
-                ]
-                # walk one step
-                with m.If(busy):
-                    with m.If(~last_of_tap):
-                        m.d.sync += [co.eq(co + 1), co_offset.eq(co_offset + HW_out), w_addr.eq(w_addr + 1)]
-                    with m.Else():
-                        m.d.sync += [co.eq(0), co_offset.eq(0), w_tap.eq(w_tap + CO), w_addr.eq(w_tap + CO)]
-                        with m.If(kx == KW - 1):
-                            m.d.sync += [kx.eq(0), qx.eq(qx0), rx.eq(rx0), ky.eq(ky + 1)]
-                            with m.If(ry == 0):
-                                m.d.sync += [ry.eq(sy - 1), qy.eq(qy - 1), row_base.eq(row_base - W_out)]
-                            with m.Else():
-                                m.d.sync += ry.eq(ry - 1)
-                        with m.Else():
-                            m.d.sync += kx.eq(kx + 1)
-                            with m.If(rx == 0):
-                                m.d.sync += [rx.eq(sx - 1), qx.eq(qx - 1)]
-                            with m.Else():
-                                m.d.sync += rx.eq(rx - 1)
-                        with m.If(last_tap):
-                            m.d.sync += busy.eq(0)
-                # take the next event
-                with m.If(self.events.valid & self.events.ready):
-                    with m.If(ev.end):
-                        m.d.sync += busy.eq(0)
-                        m.next = "UPDATE"
-                    with m.Else():
-                        start = ev_ci * TAPS_CO  # one constant multiply per event, not per update
-                        m.d.sync += [
-                            busy.eq(1), value.eq(ev.value),
-                            ky.eq(0), kx.eq(0), co.eq(0), co_offset.eq(0),
-                            qy.eq(qy_in), ry.eq(ry_in), qx.eq(qx_in), rx.eq(rx_in), qx0.eq(qx_in), rx0.eq(rx_in),
-                            row_base.eq(row_base_in),
-                            w_tap.eq(start), w_addr.eq(start),
-                        ]
+                m.d.comb += mem_rd.addr.eq(read_addr)
+                for g, (s, ks) in enumerate(self.groups):
+                    head = self.events_from(s)
+                    with m.If(group == g):
+                        with m.If(head.valid & head.payload.end):
+                            # the end token passes once the last event's last update has been issued
+                            with m.If(all_free):
+                                m.d.comb += head.ready.eq(1)
+                                if g == len(self.groups) - 1:
+                                    m.d.sync += group.eq(0)
+                                    m.next = "UPDATE"
+                                else:
+                                    m.d.sync += group.eq(g + 1)
+                        with m.Elif(head.valid):
+                            # the walkers of this source take the event in turn, each after the previous one
+                            for j, k in enumerate(ks):
+                                others = _all([free[i] for i in walkers if i != k])
+                                w = walkers[k]
+                                m.d.comb += w.events.valid.eq((turn == j) & others)
+                                with m.If(w.events.valid & w.events.ready):
+                                    if j == len(ks) - 1:
+                                        m.d.comb += head.ready.eq(1)
+                                        m.d.sync += turn.eq(0)
+                                    else:
+                                        m.d.sync += turn.eq(j + 1)
 
             # --- update: one neuron per cycle, read in stage U1, written back in stage U2 ------------------
             u_index = Signal(range(N + 1), name="u_index")
@@ -465,11 +670,21 @@ class LayerUnit(wiring.Component):
                 m.d.sync += step.eq(Mux(last_step, 0, step + 1))
                 m.next = "ACCUMULATE"
 
-        # stage B of the accumulate (its write may land in the first cycle of UPDATE)
-        with m.If(b_valid):
-            m.d.comb += [
-                mem_wr.addr.eq(b_addr),
-                mem_wr.data.eq(mem_rd.data + contribution),
-                mem_wr.en.eq(1),
-            ]
+        # stage B of the accumulate: at most one walker adds per cycle (its write may land in the first cycle of
+        # UPDATE, whose own first write comes a cycle later)
+        for n, w in enumerate(walkers.values()):
+            with (m.If if n == 0 else m.Elif)(w.add.valid):
+                m.d.comb += [
+                    mem_wr.addr.eq(w.add.addr),
+                    mem_wr.data.eq(mem_rd.data + w.add.value),
+                    mem_wr.en.eq(1),
+                ]
         return m
+
+
+def _all(bits):
+    """The AND of a list of 1-bit values (1 for an empty list)."""
+    result = Const(1, 1)
+    for bit in bits:
+        result = result & bit
+    return result

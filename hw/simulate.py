@@ -54,7 +54,7 @@ def rtl_run(net: Network, images, time_steps: int | None = None, *, results_read
     cycles: list[int] = []
     events: list[tuple[int, int, int, int]] = []
     rng = np.random.default_rng(seed)
-    state = {"image": 0, "result": 0, "steps": {p: 0 for p in lif}, "cycle": 0}
+    state = {"image": 0, "result": 0, "steps": {p: 0 for p in lif}, "cycle": 0}  # steps: step ends so far
 
     traces = [getattr(dut, f"spikes_p{p}") for p in lif]
     watched = [dut.results.valid, dut.results.ready, dut.results.payload]
@@ -64,17 +64,19 @@ def rtl_run(net: Network, images, time_steps: int | None = None, *, results_read
     async def monitor(ctx):
         async for _clk, _rst, *values in ctx.tick().sample(*watched):
             state["cycle"] += 1
-            b = state["image"]
             rv, rr, rp = values[:3]
             for k, p in enumerate(lif):
                 valid, index, step_end = values[3 + 3 * k: 6 + 3 * k]
+                # each population's own count of step ends says which image and step its events belong to: a
+                # population that nobody reads may still finish an image after the readout has
+                b, t = divmod(state["steps"][p], T)
                 if valid:
-                    t = state["steps"][p]
-                    if t < T and b < B:
+                    if b < B:
                         spikes[p][t, b].reshape(-1)[index] = 1
                     events.append((b, p, t, int(index)))
                 if step_end:
                     state["steps"][p] += 1
+            b = state["image"]
             if rv and rr and b < B:
                 readout[b, state["result"]] = rp
                 state["result"] += 1
@@ -92,17 +94,21 @@ def rtl_run(net: Network, images, time_steps: int | None = None, *, results_read
                 ctx.set(dut.results.ready, int(rng.random() < results_ready))
                 await ctx.tick()
                 if state["cycle"] - start > max_cycles:
-                    raise RuntimeError(f"image {b} did not finish within {max_cycles} cycles")
+                    progress = ", ".join(f"population {p}: {state['steps'][p] - b * T}" for p in lif)
+                    raise RuntimeError(f"image {b} did not finish within {max_cycles} cycles (step ends of this "
+                                       f"image so far: {progress or 'no lif populations'})")
             ctx.set(dut.results.ready, 0)
             await ctx.tick()
             cycles.append(ctx.get(dut.cycles))
-            for p in lif:
-                if state["steps"][p] != T:
-                    raise RuntimeError(f"population {p} signalled {state['steps'][p]} step ends for image {b}, "
-                                       f"not {T}")
-                state["steps"][p] = 0
             state["result"] = 0
             state["image"] += 1
+        start = state["cycle"]
+        while any(state["steps"][p] < B * T for p in lif) and state["cycle"] - start <= max_cycles:
+            await ctx.tick()
+        for p in lif:
+            if state["steps"][p] != B * T:
+                raise RuntimeError(f"population {p} signalled {state['steps'][p]} step ends for {B} images, "
+                                   f"not {B * T}")
 
     sim = Simulator(dut)
     sim.add_clock(1e-6)

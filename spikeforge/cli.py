@@ -15,7 +15,7 @@ from pathlib import Path
 from spikeforge import netimage
 
 DATASETS = ("mnist", "fashion-mnist")
-BACKENDS = ("torch", "int", "rtl")
+BACKENDS = ("torch", "int", "rtl", "fpga")
 BOARDS = ("icebreaker", "ulx3s-85f")
 
 
@@ -108,6 +108,9 @@ def cmd_run(args) -> int:
         _print_counts(net, ref.spike_counts(), len(labels), T)
         return 0
 
+    if args.backend == "fpga":
+        return _run_fpga(args, net, images, labels, ref)
+
     from spikeforge.sim.compare import first_mismatch
     from spikeforge.sim.rtl import run_rtl
 
@@ -124,6 +127,32 @@ def cmd_run(args) -> int:
         return 1
     print(f"RTL bit-exact with the integer reference at T={T} on {len(labels)} images: every spike of every "
           f"population at every step, and the readout potentials")
+    return 0
+
+
+def _run_fpga(args, net, images, labels, ref) -> int:
+    """Host-side inference on a board over UART, checked against the integer reference image by image."""
+    import numpy as np
+    from tqdm import tqdm
+
+    from spikeforge.host import FpgaClient
+
+    readouts, cycles = [], []
+    with FpgaClient(args.port, args.baudrate, net=net) as board:
+        for image in tqdm(images, desc=f"fpga {args.port}", unit="image"):
+            readout, count = board.infer(image)
+            readouts.append(readout)
+            cycles.append(count)
+    readouts = np.stack(readouts)
+    accuracy = float((readouts.reshape(len(labels), -1).argmax(1) == labels).mean())
+    print(f"fpga accuracy: {accuracy * 100:.2f}% on {len(labels)} {args.dataset} test images; cycles per image: "
+          f"mean {sum(cycles) / len(cycles):.0f}")
+    differ = np.flatnonzero((readouts.reshape(len(labels), -1) != ref.readout.flatten(1).numpy()).any(1))
+    if len(differ):
+        print(f"the board's readout DIFFERS from the integer reference on {len(differ)} images, first: image "
+              f"{differ[0]}")
+        return 1
+    print(f"board readout equal to the integer reference on all {len(labels)} images")
     return 0
 
 
@@ -209,14 +238,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_inspect)
 
     p = sub.add_parser("run", help="run test images through the trained model (torch), the integer reference "
-                                   "(int) or the generated Verilog in Icarus (rtl)")
-    p.add_argument("model", help="network file (.sfnet) for int and rtl; checkpoint (.pt) for torch")
+                                   "(int), the generated Verilog in Icarus (rtl) or a board over UART (fpga)")
+    p.add_argument("model", help="network file (.sfnet) for int, rtl and fpga; checkpoint (.pt) for torch")
     p.add_argument("--backend", choices=BACKENDS, default="int")
     data_args(p)
     p.add_argument("--images", type=int, help="use only the first N test images (default: all; rtl: 20)")
     p.add_argument("--time-steps", type=int, help="T (default: the network file's)")
     p.add_argument("--build-dir", help="rtl: folder for the Verilog and simulator build (default: a temp folder)")
     p.add_argument("--waves", action="store_true", help="rtl: dump a waveform file")
+    p.add_argument("--port", default="/dev/ttyUSB1", help="fpga: the board's serial port (default /dev/ttyUSB1)")
+    p.add_argument("--baudrate", type=int, default=115200, help="fpga: must match the bitstream (default 115200)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("bitstream", help="build an FPGA bitstream of the accelerator for a network and print "
@@ -258,7 +289,11 @@ def main(argv=None) -> int:
         args.images = 20
     try:
         return args.func(args)
-    except (CliError, netimage.NetworkFileError) as exc:
+    except Exception as exc:
+        # Every error class defined in spikeforge carries one user-facing sentence (a bad file, a missing
+        # dataset, a network the hardware cannot hold, a garbled serial link): print it, no traceback.
+        if not type(exc).__module__.startswith("spikeforge"):
+            raise
         print(f"spikeforge: error: {exc}", file=sys.stderr)
         return 2
 

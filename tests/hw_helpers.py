@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from spikeforge.hw.simulate import rtl_run
-from spikeforge.netgen import random_network
+from spikeforge.netgen import random_network, random_residual_network
 from spikeforge.netimage import Network, required_acc_bits, signed_range, validate
 from spikeforge.sw import reference
 
@@ -15,6 +15,18 @@ from spikeforge.sw import reference
 def make_net(seed: int, layers, input_shape=(1, 6, 6), time_steps: int = 4, edit=None, **kwargs) -> Network:
     """A netgen network, optionally edited by ``edit(net)``; acc_bits and biases are then made legal again."""
     net = random_network(seed, input_shape=input_shape, layers=layers, time_steps=time_steps, **kwargs)
+    return legalize(net, edit)
+
+
+def make_residual_net(seed: int, layers, input_shape=(1, 6, 6), time_steps: int = 4, edit=None,
+                      **kwargs) -> Network:
+    """A netgen residual network (``random_residual_network``), optionally edited like ``make_net``."""
+    net = random_residual_network(seed, input_shape=input_shape, layers=layers, time_steps=time_steps, **kwargs)
+    return legalize(net, edit)
+
+
+def legalize(net: Network, edit=None) -> Network:
+    """Apply ``edit(net)``, then widen acc_bits and clip biases so that the network is valid again."""
     if edit is not None:
         edit(net)
     for i, pop in enumerate(net.populations[1:], 1):

@@ -14,7 +14,7 @@ from spikeforge.netgen import random_network
     ("train", ["--dataset", "--preset", "--out", "--surrogate-width"]),
     ("export", ["checkpoint", "--output", "--max-acc-bits"]),
     ("inspect", ["network"]),
-    ("run", ["--backend", "{torch,int,rtl}", "--images", "--waves"]),
+    ("run", ["--backend", "{torch,int,rtl,fpga}", "--images", "--waves", "--port"]),
     ("bitstream", ["--board", "{icebreaker,ulx3s-85f}"]),
     ("demo", ["--rtl-images", "--board"]),
 ])
@@ -48,3 +48,20 @@ def test_inspect_prints_widths_and_memories(tmp_path, capsys):
     for pop in net.populations:
         assert pop.name in out
     assert "on-chip memories" in out
+
+
+def test_missing_dataset_folder_is_one_sentence(tmp_path, capsys):
+    net = netimage.save(random_network(2, input_shape=(1, 28, 28), layers=[("dense", 3)]), tmp_path / "n.sfnet")
+    status = cli.main(["run", str(net), "--backend", "int", "--dataset", "fashion-mnist",
+                       "--data-dir", str(tmp_path / "nowhere")])
+    err = capsys.readouterr().err
+    assert status == 2
+    assert "nowhere" in err and err.startswith("spikeforge: error: ")
+
+
+def test_fpga_backend_reports_an_unopenable_port(tmp_path, capsys):
+    net = netimage.save(random_network(2, input_shape=(1, 28, 28), layers=[("dense", 3)]), tmp_path / "n.sfnet")
+    status = cli.main(["run", str(net), "--backend", "fpga", "--images", "2", "--port", str(tmp_path / "ttyNONE")])
+    err = capsys.readouterr().err
+    assert status == 2
+    assert "cannot open serial port" in err and "ttyNONE" in err

@@ -65,3 +65,23 @@ def test_demo_shaped_network_on_a_digit_like_image():
     image = np.where(ring, 128 + (yy * 5 + xx * 3) % 128, 0).astype(np.uint8)[None, None]
     rtl, _ = assert_rtl_matches_reference(net, image, 10)
     print(f"demo-shaped network, {int((image > 0).sum())} nonzero pixels: {rtl.cycles[0]} cycles")
+
+
+def test_join_cycles_add_up_over_projections():
+    """Input -> readout through two dense projections of the input (16 + 16 outputs, one stream, two walkers):
+    every nonzero pixel adds exactly T x 32 cycles, the second walker taking each event without a bubble."""
+    from spikeforge.netgen import random_residual_network
+    T = 4
+    net = random_residual_network(3, input_shape=(1, 6, 6), layers=[("dense", 16, [("dense", 0)])], time_steps=T)
+    assert len(net.readout.projections) == 2
+    counts = (0, 12, 24, 36)
+    images = []
+    for k in counts:
+        image = np.zeros((1, 6, 6), np.uint8)
+        image.reshape(-1)[np.random.default_rng(k).permutation(36)[:k]] = 200
+        images.append(image)
+    cycles = rtl_run(net, np.stack(images)).cycles
+    for i in range(1, len(counts) - 1):
+        want = T * 32 * (counts[i + 1] - counts[i])
+        got = cycles[i + 1] - cycles[i]
+        assert abs(got - want) <= 2 * T, f"{counts[i]} -> {counts[i + 1]} events: {got} more cycles, model {want}"
