@@ -19,7 +19,7 @@ DATASET ?= mnist
 NET ?= $(BUILD)/demo/network.sfnet
 BOARD ?= icebreaker
 
-.PHONY: setup demo test test-slow train export sim bitstream clean
+.PHONY: setup demo test test-slow train sim bitstream clean
 
 setup: $(STAMP)
 
@@ -47,7 +47,6 @@ test-slow: setup
 
 train: setup
 	$(BIN)/spikeforge train --dataset $(DATASET) --out $(BUILD)/train
-	$(BIN)/spikeforge export $(BUILD)/train/checkpoint.pt -o $(BUILD)/train/network.sfnet
 
 sim: setup
 	$(BIN)/spikeforge run $(NET) --backend rtl --dataset $(DATASET) --images 20 --compare

@@ -51,20 +51,6 @@ def _print_counts(net: netimage.Network, counts, images: int, time_steps: int) -
 # --- commands ----------------------------------------------------------------------------------------------
 
 
-def cmd_train(args) -> int:
-    from spikeforge.sw.train import TrainConfig, train
-
-    config = TrainConfig.preset(args.preset, dataset=args.dataset, out=args.out, data_dir=args.data_dir,
-                                **{k: v for k, v in (("epochs", args.epochs), ("qat_epochs", args.qat_epochs),
-                                                     ("time_steps", args.time_steps), ("seed", args.seed),
-                                                     ("surrogate", args.surrogate),
-                                                     ("surrogate_width", args.surrogate_width))
-                                   if v is not None})
-    summary = train(config)
-    print(json.dumps(summary, indent=1))
-    return 0
-
-
 def cmd_inspect(args) -> int:
     net = _load_network(args.network)
     print(f"{args.network}: format v{netimage.FORMAT_VERSION}, T={net.time_steps}, "
@@ -166,12 +152,12 @@ def cmd_bitstream(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from spikeforge.sw.train import TrainConfig, train
+    from spikeforge.sw.train import preset, train
 
     out = Path(args.out)
     started = time.perf_counter()
     print(f"== 1/4 train ({args.dataset}, demo schedule) -> {out}")
-    config = TrainConfig.preset("demo", dataset=args.dataset, out=str(out), data_dir=args.data_dir)
+    config = preset("demo", dataset=args.dataset, out=str(out), data_dir=args.data_dir)
     summary = train(config)
     network_path = out / "network.sfnet"
     if not network_path.is_file():
@@ -215,19 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--data-dir", help="read the dataset from this folder instead of the installed package "
                                           "(IDX .gz files as in Fashion-MNIST)")
 
-    p = sub.add_parser("train", help="train a quantized spiking CNN (float phase, then QAT), export and evaluate it")
-    data_args(p)
-    p.add_argument("--preset", choices=("default", "demo"), default="default",
-                   help="training schedule: default (full accuracy) or demo (a few minutes)")
-    p.add_argument("--out", default="build/train", help="output folder: checkpoints, network.sfnet, summary.json")
-    p.add_argument("--epochs", type=int, help="float epochs (overrides the preset)")
-    p.add_argument("--qat-epochs", type=int, help="quantization-aware fine-tuning epochs (overrides the preset)")
-    p.add_argument("--time-steps", type=int, help="T, the number of time steps (default 10)")
-    p.add_argument("--surrogate", help="surrogate gradient shape (rectangular, triangular, fast-sigmoid, arctan, "
-                                       "sigmoid)")
-    p.add_argument("--surrogate-width", type=float, help="surrogate width/scale parameter")
-    p.add_argument("--seed", type=int, help="random seed")
-    p.set_defaults(func=cmd_train)
+    # train has its own parser (spikeforge.sw.train.main, one flag per TrainConfig field); main() hands it over
+    sub.add_parser("train", add_help=False,
+                   help="train a quantized spiking network (float phase, then QAT), export and evaluate it")
 
     # export has its own parser (spikeforge.sw.export.main); main() hands it the arguments directly
     sub.add_parser("export", add_help=False,
@@ -278,6 +254,11 @@ def main(argv=None) -> int:
         from spikeforge.sw.gradflow import main as gradflow_main
 
         gradflow_main(argv[1:])
+        return 0
+    if argv[:1] == ["train"]:
+        from spikeforge.sw.train import main as train_main
+
+        train_main(argv[1:])
         return 0
     if argv[:1] == ["export"]:
         from spikeforge.sw.export import main as export_main

@@ -11,7 +11,7 @@ from spikeforge.netgen import random_network
 
 
 @pytest.mark.parametrize("command,expected", [
-    ("train", ["--dataset", "--preset", "--out", "--surrogate-width"]),
+    ("train", ["--dataset", "--preset", "--out", "--surrogate-width", "--arch", "--epochs-float"]),
     ("export", ["checkpoint", "--output", "--max-acc-bits"]),
     ("inspect", ["network"]),
     ("run", ["--backend", "{torch,int,rtl,fpga}", "--images", "--waves", "--port"]),
