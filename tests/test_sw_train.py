@@ -110,3 +110,135 @@ def test_augment_is_a_zero_filled_shift():
         nz = y[b, 0][y[b, 0] > 0]
         assert set(nz.tolist()) <= set(x[b, 0].flatten().tolist())
         assert int((y[b, 0] > 0).sum()) >= 9
+
+
+# --- the one loop for every model and dataset ----------------------------------------------------------------
+
+
+class _Abort(Exception):
+    pass
+
+
+def test_killed_mid_epoch_resumes_from_the_last_step_checkpoint(tiny_mnist, tmp_path, monkeypatch):
+    # 256 images / batch 64 = 4 steps per epoch; a state every 2 steps
+    config = dict(epochs_float=2, epochs_qat=0, checkpoint_every=2)
+    whole = train(tiny_config(tiny_mnist, tmp_path / "whole", **config))
+    ran = []
+
+    def abort_at(epoch_to_abort, step_to_abort):
+        def hook(model, epoch, step):
+            ran.append((epoch, step))
+            if (epoch, step) == (epoch_to_abort, step_to_abort):
+                raise _Abort
+
+        return hook
+
+    # killed at step 3 of epoch 2: epoch 1 and 2 steps of epoch 2 are safe in last.pt
+    monkeypatch.setattr(train_module, "_after_step", abort_at(1, 3))
+    with pytest.raises(_Abort):
+        train(tiny_config(tiny_mnist, tmp_path / "cut", **config))
+    state = torch.load(tmp_path / "cut" / "last.pt", weights_only=False)
+    assert (state["epochs_done"], state["step"]) == (1, 2)
+    ran.clear()
+    monkeypatch.setattr(train_module, "_after_step", abort_at(None, None))
+    resumed = train(tiny_config(tiny_mnist, tmp_path / "cut", **config))
+    assert ran == [(1, 3), (1, 4)], "the resumed run redoes only the unsaved steps"
+    assert [h["loss"] for h in resumed["history"]] == [h["loss"] for h in whole["history"]]
+    a = torch.load(tmp_path / "whole" / "checkpoint.pt", weights_only=False)["model"]
+    b = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=False)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a), "a run killed mid-epoch must end where an uninterrupted one does"
+    assert resumed["deployed_accuracy"] == whole["deployed_accuracy"]
+
+
+def test_old_out_dirs_stay_resumable():
+    # fields added later are left out of the config key at their defaults: a last.pt written before them matches
+    key = train_module._config_key(TrainConfig())
+    assert not set(train_module._ADDED) & set(key)
+    assert "arch" in key and "width" in train_module._config_key(TrainConfig(width=0.5))
+
+
+@pytest.fixture(scope="module")
+def fake_cifar(tmp_path_factory):
+    from fake_datasets import write_cifar10, write_cifar100
+
+    root = tmp_path_factory.mktemp("fake-cifar")
+    write_cifar10(root / "c10", per_batch=8, n_test=8)
+    write_cifar100(root / "c100", n_train=8, n_test=4)
+    return root
+
+
+def _resnet_config(data_dir, out, **overrides):
+    base = dict(dataset="cifar10", data_dir=str(data_dir), out=str(out), arch="resnet8", width=0.25, time_steps=2,
+                epochs_float=1, epochs_qat=1, batch_size=16, bn_calibration_batches=1, threads=1, progress=False)
+    base.update(overrides)
+    return TrainConfig(**base)
+
+
+def test_resnet_and_its_ann_twin_through_the_same_loop(fake_cifar, tmp_path, capsys):
+    snn = train(_resnet_config(fake_cifar / "c10", tmp_path / "snn", surrogate_width="auto", optimizer="sgd",
+                               lr=0.05, label_smoothing=0.1, grad_checkpoint=True))
+    assert "surrogate width auto: chose" in capsys.readouterr().out
+    assert snn["surrogate_width"] in train_module.AUTO_WIDTHS
+    assert [h["phase"] for h in snn["history"]] == ["float", "qat"] and snn["train_images"] == 40
+    assert 0.0 <= snn["deployed_accuracy"] <= 1.0 and snn["deployed_images"] == 8
+    net = netimage.load(tmp_path / "snn" / "network.sfnet")
+    assert net.populations[0].shape == (3, 32, 32) and net.populations[-1].shape == (10,)
+    ckpt = torch.load(tmp_path / "snn" / "checkpoint.pt", weights_only=False)
+    assert ckpt["kind"] == "resnet" and ckpt["surrogate_width"] == snn["surrogate_width"]
+
+    ann = train(_resnet_config(fake_cifar / "c10", tmp_path / "ann", ann=True, amp="bf16"))
+    assert ann["deployed_accuracy"] is None and "ANN" in ann["not_exported"] and ann["time_steps"] == 1
+    assert not (tmp_path / "ann" / "network.sfnet").exists()
+    assert 0.0 <= ann["qat_accuracy"] <= 1.0
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    from spikeforge.sw.resnet import resnet8
+
+    grads = []
+    for checkpointed in (False, True):
+        torch.manual_seed(0)
+        model = resnet8(width=0.25, time_steps=3)
+        if checkpointed:
+            train_module._enable_grad_checkpointing(model)
+        x = torch.rand(4, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+        torch.nn.functional.cross_entropy(model(x), torch.tensor([0, 1, 2, 3])).backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+        assert set(model.state_dict()) == set(resnet8(width=0.25).state_dict())
+    for name, g in grads[0].items():
+        assert torch.allclose(g, grads[1][name], atol=1e-6), name
+
+
+def test_paper_setting_runs_on_fake_cifar100(fake_cifar, tmp_path):
+    # docs/training.md's ResNet-50 / CIFAR-100 / T = 10 command, at toy sizes: one step per phase
+    paper = PRESETS["resnet50-cifar100"]
+    assert (paper.arch, paper.dataset, paper.time_steps) == ("resnet50", "cifar100", 10)
+    summary = train(preset("resnet50-cifar100", data_dir=str(fake_cifar / "c100"), out=str(tmp_path / "r50"),
+                           width=1 / 16, time_steps=2, batch_size=8, epochs=1, qat_epochs=1, threads=1,
+                           progress=False, bn_calibration_batches=1))
+    assert [h["phase"] for h in summary["history"]] == ["float", "qat"]
+    assert summary["config"]["optimizer"] == "sgd" and summary["config"]["label_smoothing"] == 0.1
+    net = netimage.load(tmp_path / "r50" / "network.sfnet")
+    assert net.populations[-1].shape == (100,) and summary["deployed_accuracy"] is not None
+
+
+def test_config_errors_are_one_sentence(fake_cifar, tmp_path):
+    with pytest.raises(ValueError, match="chain for 1x28x28"):
+        train(_resnet_config(fake_cifar / "c10", tmp_path / "x", arch="demo"))
+    with pytest.raises(ValueError, match="need a ResNet"):
+        TrainConfig(ann=True).validate()
+    with pytest.raises(ValueError, match="amp"):
+        TrainConfig(amp="fp8").validate()
+    with pytest.raises(RuntimeError, match="fp16.*CUDA"):
+        train(_resnet_config(fake_cifar / "c10", tmp_path / "y", amp="fp16", device="cpu"))
+
+
+def test_command_line_has_help_for_every_flag(capsys):
+    with pytest.raises(SystemExit):
+        train_module.main(["--help"])
+    text = capsys.readouterr().out
+    for f in train_module.dataclasses.fields(TrainConfig):
+        assert "--" + f.name.replace("_", "-") in text
+        assert train_module._HELP[f.name]
+    for flag in ("--epochs", "--qat-epochs", "--surrogate-width", "--preset"):
+        assert flag in text
