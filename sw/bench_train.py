@@ -1,0 +1,465 @@
+"""Training-speed benchmark: one spiking ResNet-18 trained by spikeforge, SpikingJelly and snnTorch on the CPU.
+
+Every framework runs in its own child process; the parent steps them in lockstep (one training step of each in
+turn), so all see the same machine load, and reports median step times, images/s and peak memory. The peer models
+are written here, layer for layer the network of sw/resnet.py (same convs, BN, LIF with tau = 2 / leak_shift = 1,
+soft reset, arctan surrogate of width 0.5 = alpha 2, T steps, readout = mean over T of fc(global average)).
+
+    python -m spikeforge.sw.bench_train --width-div 4          # quick mode, writes docs/benchmarks.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+STAGES = (64, 128, 256, 512)
+LEAK_SHIFT = 1  # leak V * 2^-1 per step: SpikingJelly's tau = 2 (decay_input=False), snnTorch's beta = 0.5
+ALPHA = 2.0  # arctan surrogate: SpikingJelly / snnTorch alpha 2 is spikeforge's width 0.5
+
+# spikeforge configurations: which optimizations are on (the ablation the report lists)
+_BEST = dict(fused=True, kernels=True, channels_last=True, stem_once=True, bool_convs=True)
+SPIKEFORGE = {
+    "spikeforge-autograd": dict(fused=False, kernels=False, channels_last=False, stem_once=False, bool_convs=False),
+    "spikeforge-fused": dict(fused=True, kernels=False, channels_last=False, stem_once=False, bool_convs=False),
+    "spikeforge-kernels": dict(fused=True, kernels=True, channels_last=False, stem_once=False, bool_convs=False),
+    "spikeforge-cl": dict(fused=True, kernels=True, channels_last=True, stem_once=False, bool_convs=False),
+    "spikeforge-stem": dict(fused=True, kernels=True, channels_last=True, stem_once=True, bool_convs=False),
+    "spikeforge-eager": dict(_BEST, kernels=False),
+    "spikeforge": _BEST,
+    "spikeforge-sltt": dict(_BEST, sltt=True),
+    "spikeforge-bf16mem": dict(_BEST, membrane_bf16=True),
+    "spikeforge-compile": dict(_BEST, compile=True),
+    "spikeforge-bf16": dict(_BEST, bf16=True),
+}
+PEERS = ("spikingjelly", "spikingjelly-compile", "snntorch")
+CONV_STACK = "conv-stack"
+DEFAULT = ("spikeforge", "spikingjelly", "spikingjelly-compile", "snntorch")
+
+
+def _widths(width_div: int) -> list[int]:
+    return [max(1, w // width_div) for w in STAGES]
+
+
+# ------------------------------------------------------------------------------------------------ the models
+
+def _spikeforge_model(cfg: dict, args):
+    import torch
+
+    from .fused import fused_lif_neuron, spike_input_convs
+    from .resnet import SpikingResNet, BasicBlock, lif_neuron
+
+    factory = fused_lif_neuron if cfg["fused"] else lif_neuron
+    kw = dict(sltt=True) if cfg.get("sltt") else {}
+    if cfg["fused"]:
+        kw["compiled"] = cfg["kernels"]
+        if cfg.get("membrane_bf16"):
+            kw["membrane_dtype"] = torch.bfloat16
+    model = SpikingResNet(BasicBlock, [2, 2, 2, 2], widths=_widths(args.width_div), num_classes=10,
+                          time_steps=args.time_steps, neuron=factory("arctan", 1 / ALPHA, leak_shift=LEAK_SHIFT, **kw))
+    if cfg["bool_convs"]:
+        spike_input_convs(model)
+    fmt = torch.channels_last if cfg["channels_last"] else torch.contiguous_format
+    model = model.to(memory_format=fmt)
+
+    def inputs(images):
+        images = images.contiguous(memory_format=fmt)
+        if cfg["stem_once"]:
+            return images  # [B, C, H, W]: the stem's conv + BN run once per image
+        return images.unsqueeze(0).repeat(args.time_steps, 1, 1, 1, 1)
+
+    run = model
+    if cfg.get("compile"):
+        run = torch.compile(model)
+    if cfg.get("bf16"):
+        def run(x, _model=run):
+            with torch.autocast("cpu", torch.bfloat16):
+                return _model(x).float()
+    return model, (lambda images: run(inputs(images))), None
+
+
+def _spikingjelly_model(args, compiled: bool):
+    import torch
+    from torch import nn
+    from spikingjelly.activation_based import functional, layer, neuron, surrogate
+
+    def lif():
+        return neuron.LIFNode(tau=2.0 ** LEAK_SHIFT, decay_input=False, v_threshold=1.0, v_reset=None,
+                              surrogate_function=surrogate.ATan(alpha=ALPHA), step_mode="m")
+
+    def conv_bn(cin, cout, k, stride=1):
+        return nn.Sequential(layer.Conv2d(cin, cout, k, stride, k // 2, bias=False, step_mode="m"),
+                             layer.BatchNorm2d(cout, step_mode="m"))
+
+    class Block(nn.Module):
+        def __init__(self, cin, cout, stride):
+            super().__init__()
+            self.conv1, self.lif1 = conv_bn(cin, cout, 3, stride), lif()
+            self.conv2, self.lif2 = conv_bn(cout, cout, 3), lif()
+            self.down = conv_bn(cin, cout, 1, stride) if stride != 1 or cin != cout else None
+
+        def forward(self, x):
+            shortcut = x if self.down is None else self.down(x)
+            return self.lif2(self.conv2(self.lif1(self.conv1(x))) + shortcut)
+
+    class Net(nn.Module):
+        def __init__(self, widths):
+            super().__init__()
+            self.stem, self.stem_lif = conv_bn(3, widths[0], 3), lif()
+            blocks, c = [], widths[0]
+            for i, w in enumerate(widths):
+                for j in range(2):
+                    blocks.append(Block(c, w, 2 if i > 0 and j == 0 else 1))
+                    c = w
+            self.blocks = nn.Sequential(*blocks)
+            self.fc = layer.Linear(c, 10, step_mode="m")
+
+        def forward(self, images):
+            x = images.unsqueeze(0).repeat(args.time_steps, 1, 1, 1, 1)  # SpikingJelly's usual direct encoding
+            x = self.blocks(self.stem_lif(self.stem(x)))
+            return self.fc(x.mean(dim=(-2, -1))).mean(0)
+
+    model = Net(_widths(args.width_div))
+    run = torch.compile(model) if compiled else model
+    return model, run, lambda: functional.reset_net(model)
+
+
+def _snntorch_model(args):
+    from torch import nn
+    import snntorch
+    from snntorch import surrogate
+
+    def lif():
+        return snntorch.Leaky(beta=2.0 ** -LEAK_SHIFT, threshold=1.0, spike_grad=surrogate.atan(alpha=ALPHA),
+                              reset_mechanism="subtract", init_hidden=True)
+
+    def conv_bn(cin, cout, k, stride=1):
+        return nn.Sequential(nn.Conv2d(cin, cout, k, stride, k // 2, bias=False), nn.BatchNorm2d(cout))
+
+    class Block(nn.Module):
+        def __init__(self, cin, cout, stride):
+            super().__init__()
+            self.conv1, self.lif1 = conv_bn(cin, cout, 3, stride), lif()
+            self.conv2, self.lif2 = conv_bn(cout, cout, 3), lif()
+            self.down = conv_bn(cin, cout, 1, stride) if stride != 1 or cin != cout else None
+
+        def forward(self, x):
+            shortcut = x if self.down is None else self.down(x)
+            return self.lif2(self.conv2(self.lif1(self.conv1(x))) + shortcut)
+
+    class Net(nn.Module):
+        def __init__(self, widths):
+            super().__init__()
+            self.stem, self.stem_lif = conv_bn(3, widths[0], 3), lif()
+            blocks, c = [], widths[0]
+            for i, w in enumerate(widths):
+                for j in range(2):
+                    blocks.append(Block(c, w, 2 if i > 0 and j == 0 else 1))
+                    c = w
+            self.blocks = nn.Sequential(*blocks)
+            self.fc = nn.Linear(c, 10)
+
+        def forward(self, images):  # snnTorch's idiom: the time loop outside the layers, one step at a time
+            total = 0
+            for _ in range(args.time_steps):
+                x = self.blocks(self.stem_lif(self.stem(images)))
+                total = total + self.fc(x.mean(dim=(-2, -1)))
+            return total / args.time_steps
+
+    model = Net(_widths(args.width_div))
+    leaky = [m for m in model.modules() if isinstance(m, snntorch.Leaky)]
+
+    def reset():  # snntorch.utils.reset does not reach the neurons nested in the blocks: reset each one
+        for m in leaky:
+            m.reset_mem()
+
+    return model, model, reset
+
+
+def _conv_stack(args):
+    """The bare convolutions of the spikeforge model (shapes, channels_last, fp32, stem once per image), forward +
+    backward: what the machine can do on this network's arithmetic with nothing else around it."""
+    import torch
+    from torch import nn
+
+    widths = _widths(args.width_div)
+    stem = nn.Conv2d(3, widths[0], 3, 1, 1, bias=False)
+    blocks, c = [], widths[0]
+    for i, w in enumerate(widths):
+        for j in range(2):
+            stride = 2 if i > 0 and j == 0 else 1
+            down = nn.Conv2d(c, w, 1, stride, 0, bias=False) if stride != 1 or c != w else None
+            blocks.append(nn.ModuleList([nn.Conv2d(c, w, 3, stride, 1, bias=False), nn.Conv2d(w, w, 3, 1, 1, bias=False),
+                                         *([down] if down is not None else [])]))
+            c = w
+    model = nn.ModuleList([stem, *blocks]).to(memory_format=torch.channels_last)
+    batch, steps = args.batch, args.time_steps
+
+    def run(images):
+        x = stem(images.contiguous(memory_format=torch.channels_last))
+        x = x.unsqueeze(0).expand(steps, *x.shape).flatten(0, 1)
+        out = (x > 0).float().contiguous(memory_format=torch.channels_last).requires_grad_(True)  # spikes
+        total = 0.0
+        for block in blocks:
+            if len(block) == 3:
+                total = total + block[2](out).sum()  # the shortcut's 1x1 conv reads the block input
+            out = block[1](block[0](out))
+        return (total + out.sum()).reshape(1, 1).expand(batch, 10)
+
+    return model, run, None
+
+
+# ------------------------------------------------------------------------------------------------ one child
+
+class _PeakSampler:
+    """Samples this process's resident set every 2 ms (from /proc/self/statm) while a step runs; idle otherwise,
+    so that the children waiting for their turn take no CPU from the one being timed."""
+
+    def __init__(self):
+        self.peak, self._armed, self._stop = 0, threading.Event(), False
+        self._page = os.sysconf("SC_PAGE_SIZE")
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def rss(self) -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * self._page
+
+    def arm(self, on: bool) -> None:
+        if on:
+            self._armed.set()
+        else:
+            self._armed.clear()
+            self.peak = max(self.peak, self.rss())
+
+    def _run(self):
+        while not self._stop:
+            self._armed.wait()
+            self.peak = max(self.peak, self.rss())
+            time.sleep(0.002)
+
+
+def _trim_heap() -> None:
+    """Give freed heap pages back to the OS between steps (glibc keeps them otherwise), so the children that wait
+    for their turn do not hold their peak memory. Off by default: in this VM re-faulting those pages slowed the
+    allocation-heavy eager peers several-fold, which would bias the race."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _child(args) -> None:
+    import torch
+
+    torch.manual_seed(0)
+    name = args.child
+    if name in SPIKEFORGE:
+        model, run, reset = _spikeforge_model(SPIKEFORGE[name], args)
+    elif name in ("spikingjelly", "spikingjelly-compile"):
+        model, run, reset = _spikingjelly_model(args, compiled=name.endswith("compile"))
+    elif name == "snntorch":
+        model, run, reset = _snntorch_model(args)
+    elif name == CONV_STACK:
+        model, run, reset = _conv_stack(args)
+    else:
+        raise SystemExit(f"unknown framework {name!r}; choose from {', '.join(all_frameworks())}")
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    images = torch.rand(args.batch, 3, 32, 32)
+    labels = torch.randint(0, 10, (args.batch,))
+    sampler = _PeakSampler()
+    baseline = sampler.rss()
+
+    def step():
+        if reset is not None:
+            reset()
+        optimizer.zero_grad(set_to_none=True)
+        loss = torch.nn.functional.cross_entropy(run(images), labels)
+        loss.backward()
+        optimizer.step()
+
+    print(json.dumps({"ready": name, "baseline_rss": baseline}), flush=True)
+    for line in sys.stdin:  # the parent sends "warm" or "time" once per step, "stop" at the end
+        command = line.strip()
+        if command == "stop":
+            break
+        sampler.peak = 0  # the peak of this step alone (compiling in a warm-up step is not training memory)
+        sampler.arm(True)
+        start = time.perf_counter()
+        step()
+        elapsed = time.perf_counter() - start
+        sampler.arm(False)
+        if args.trim_heap:
+            _trim_heap()
+        print(json.dumps({"command": command, "seconds": elapsed, "step_peak_rss": sampler.peak}), flush=True)
+    sampler._stop = True
+    print(json.dumps({"done": name, "ru_maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+                      "step_peak_rss": sampler.peak, "baseline_rss": baseline}), flush=True)
+
+
+# ------------------------------------------------------------------------------------------------ the parent
+
+def all_frameworks() -> list[str]:
+    return [*SPIKEFORGE, *PEERS, CONV_STACK]
+
+
+class _Child:
+    def __init__(self, name: str, args):
+        cmd = [sys.executable, "-m", "spikeforge.sw.bench_train", "--child", name, "--width-div", str(args.width_div),
+               "--batch", str(args.batch), "--time-steps", str(args.time_steps)] + (["--trim-heap"] if args.trim_heap else [])
+        env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
+        self.name, self.times, self.peaks, self.error = name, [], [], None
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True, env=env)
+        self.hello = self._read()
+
+    def _read(self) -> dict:
+        line = self.proc.stdout.readline()
+        if not line:
+            self.error = self.proc.stderr.read().strip().splitlines()[-5:]
+            raise RuntimeError(f"{self.name} died: {' | '.join(self.error)}")
+        return json.loads(line)
+
+    def step(self, command: str) -> dict:
+        self.proc.stdin.write(command + "\n")
+        self.proc.stdin.flush()
+        answer = self._read()
+        if command == "time":
+            self.times.append(answer["seconds"])
+            self.peaks.append(answer["step_peak_rss"])
+        return answer
+
+    def finish(self) -> dict:
+        self.proc.stdin.write("stop\n")
+        self.proc.stdin.flush()
+        result = self._read()
+        self.proc.wait()
+        return result
+
+
+def _load() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"{one:.1f}/{five:.1f}/{fifteen:.1f}"
+
+
+def run_benchmark(args) -> list[dict]:
+    children, results = {}, []
+    for name in args.frameworks:
+        try:
+            children[name] = _Child(name, args)
+        except (RuntimeError, json.JSONDecodeError) as exc:
+            print(f"{name}: could not start ({exc})", file=sys.stderr)
+            results.append({"name": name, "error": str(exc)})
+    load_before = _load()
+    for phase, count in (("warm", args.warmup), ("time", args.steps)):
+        for i in range(count):
+            for name, child in list(children.items()):
+                try:
+                    answer = child.step(phase)
+                    print(f"  {phase} {i + 1}/{count} {name}: {answer['seconds']:.2f} s (load {_load()})",
+                          file=sys.stderr, flush=True)
+                except (RuntimeError, BrokenPipeError) as exc:
+                    print(f"{name}: failed ({exc})", file=sys.stderr)
+                    results.append({"name": name, "error": str(exc)})
+                    del children[name]
+    load_after = _load()
+    for name, child in children.items():
+        done = child.finish()
+        seconds = statistics.median(child.times)
+        results.append(dict(name=name, seconds=seconds, times=child.times, images_per_s=args.batch / seconds,
+                            ru_maxrss=done["ru_maxrss"], step_peak_rss=max(child.peaks),
+                            baseline_rss=done["baseline_rss"]))
+    order = {n: i for i, n in enumerate(args.frameworks)}
+    results.sort(key=lambda r: order[r["name"]])
+    for r in results:
+        r["load"] = f"{load_before} -> {load_after}"
+    return results
+
+
+def _table(results: list[dict], args) -> str:
+    ok = [r for r in results if "error" not in r]
+    peers = [r for r in ok if r["name"] in PEERS]
+    fastest = max(peers, key=lambda r: r["images_per_s"], default=None)
+    leanest = min(peers, key=lambda r: r["ru_maxrss"], default=None)
+    leanest_step = min(peers, key=lambda r: r["step_peak_rss"], default=None)
+    conv = next((r for r in ok if r["name"] == CONV_STACK), None)
+    lines = ["| framework | step (s, median) | images/s | vs fastest peer | peak RSS (ru_maxrss) | vs leanest peer "
+             "| RSS peak in timed steps | vs leanest peer | conv share |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        if "error" in r:
+            lines.append(f"| {r['name']} | failed: {r['error'][:120]} | | | | | | | |")
+            continue
+        speed = f"{r['images_per_s'] / fastest['images_per_s']:.2f}x" if fastest else "-"
+        memory = f"{r['ru_maxrss'] / leanest['ru_maxrss']:.2f}x" if leanest else "-"
+        step_memory = f"{r['step_peak_rss'] / leanest_step['step_peak_rss']:.2f}x" if leanest_step else "-"
+        share = f"{conv['seconds'] / r['seconds']:.0%}" if conv and r is not conv else "-"
+        lines.append(f"| {r['name']} | {r['seconds']:.3f} | {r['images_per_s']:.1f} | {speed} | "
+                     f"{r['ru_maxrss'] / 2**30:.2f} GiB | {memory} | {r['step_peak_rss'] / 2**30:.2f} GiB | "
+                     f"{step_memory} | {share} |")
+    return "\n".join(lines)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m spikeforge.sw.bench_train", description=__doc__.splitlines()[0])
+    p.add_argument("--width-div", type=int, default=1, help="divide every width (64-128-256-512) by this (4: quick)")
+    p.add_argument("--steps", type=int, default=5, help="timed training steps per framework")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps first (compilation happens here)")
+    p.add_argument("--frameworks", default=",".join(DEFAULT),
+                   help=f"comma-separated, in stepping order; known: {', '.join(all_frameworks())}")
+    p.add_argument("--sltt", action="store_true", help="also run spikeforge with SLTT (no temporal gradient path)")
+    p.add_argument("--conv-stack", action="store_true", help="also time the bare conv stack (the conv share column)")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--time-steps", type=int, default=10)
+    p.add_argument("--threads", type=int, default=os.cpu_count(), help="OMP_NUM_THREADS of every child")
+    p.add_argument("--trim-heap", action="store_true",
+                   help="malloc_trim after every step (less idle memory in the waiting children; slows them)")
+    p.add_argument("--out", default=None, help="append the table to this markdown file (e.g. docs/benchmarks.md)")
+    p.add_argument("--json", default=None, help="write the raw results here")
+    p.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.child:
+        _child(args)
+        return 0
+    args.frameworks = [f for f in args.frameworks.split(",") if f]
+    if args.sltt and "spikeforge-sltt" not in args.frameworks:
+        args.frameworks.append("spikeforge-sltt")
+    if args.conv_stack and CONV_STACK not in args.frameworks:
+        args.frameworks.append(CONV_STACK)
+    unknown = [f for f in args.frameworks if f not in all_frameworks()]
+    if unknown:
+        print(f"unknown framework(s) {unknown}; choose from {', '.join(all_frameworks())}", file=sys.stderr)
+        return 2
+    results = run_benchmark(args)
+    command = "python -m spikeforge.sw.bench_train " + " ".join(argv if argv is not None else sys.argv[1:])
+    table = _table(results, args)
+    header = (f"ResNet-18 (CIFAR stem, widths {'-'.join(map(str, _widths(args.width_div)))}), T={args.time_steps}, "
+              f"batch {args.batch}, {args.warmup} warm-up + {args.steps} timed steps each, lockstep; "
+              f"load average (1/5/15 min) {results[0]['load'] if results else '?'}; "
+              f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+    print(header)
+    print(table)
+    if args.json:
+        Path(args.json).write_text(json.dumps(dict(header=header, command=command, results=results), indent=1))
+    if args.out:
+        with open(args.out, "a") as f:
+            f.write(f"\n`{command}`\n\n{header}\n\n{table}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
