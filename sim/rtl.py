@@ -245,7 +245,8 @@ def run_rtl(net: Network, images, time_steps: int | None = None, build_dir: str 
         raise ValueError("run_rtl needs at least one image")
 
     temporary = build_dir is None
-    root = Path(tempfile.mkdtemp(prefix="spikeforge-rtl-")) if temporary else Path(build_dir)
+    # absolute: the simulator runs in its own folder and reads the job and trace paths from there
+    root = Path(tempfile.mkdtemp(prefix="spikeforge-rtl-")) if temporary else Path(build_dir).resolve()
     root.mkdir(parents=True, exist_ok=True)
     try:
         digest = _network_digest(net, T) + ("-custom" if design is not None else "")

@@ -166,3 +166,12 @@ def test_a_mutant_rtl_is_caught_and_named(tmp_path):
     message = first_mismatch(ref, rtl)
     assert message is not None and message.startswith(
         f"image {image}, step {step}, population 1 ('layer1'), neuron 0 (c=0, y=0, x=0): the reference spikes")
+
+
+def test_relative_build_dir(tmp_path, monkeypatch):
+    """The simulator runs in its own folder: a relative build_dir (as `spikeforge run --build-dir` passes) works."""
+    monkeypatch.chdir(tmp_path)
+    net = random_network(3)
+    images = random_images(3, net, 1)
+    rtl = run_rtl(net, images, 2, build_dir="relative/rtl", jobs=1)
+    assert first_mismatch(reference_run(net, images, 2), rtl) is None
