@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .neuron import Surrogate, make_surrogate
+from .neuron import LIF, Surrogate
 
 __all__ = ["lif_forward", "FusedLIFFunction", "FusedLIF", "fused_lif_neuron", "SpikeConv2dFunction",
            "spike_input_convs"]
@@ -180,7 +180,7 @@ class FusedLIFFunction(torch.autograd.Function):
         return grad_current, None, None, None, None, None, None, None
 
 
-class FusedLIF(nn.Module):
+class FusedLIF(LIF):
     """:class:`~spikeforge.sw.neuron.LIF` with a fused forward/backward over all T steps (same arguments, same
     ``forward(current[T, B, ...]) -> spikes[T, B, ...]``, same spikes and exact BPTT gradients).
 
@@ -197,15 +197,8 @@ class FusedLIF(nn.Module):
     def __init__(self, surrogate: Surrogate | str = "arctan", width: float = 0.5, *, threshold: float = 1.0,
                  leak_shift: int | None = None, detach_reset: bool = False, temporal_window: int | None = None,
                  membrane_dtype: torch.dtype | None = None, compiled: bool = False):
-        super().__init__()
-        if leak_shift is not None and not (isinstance(leak_shift, int) and 1 <= leak_shift <= 15):
-            raise ValueError(f"leak_shift must be None (integrate-and-fire) or an integer in 1..15, not {leak_shift!r}")
-        if not threshold > 0:
-            raise ValueError(f"threshold must be positive, not {threshold!r}")
-        self.surrogate = make_surrogate(surrogate, width)
-        self.threshold = float(threshold)
-        self.leak_shift = leak_shift
-        self.detach_reset = detach_reset
+        # the same neuron as LIF (arguments, checks, charge/fire/reset); only forward runs fused
+        super().__init__(surrogate, width, threshold=threshold, leak_shift=leak_shift, detach_reset=detach_reset)
         self.temporal_window = _check_window(temporal_window)
         self.membrane_dtype = membrane_dtype
         self.compiled = bool(compiled)
