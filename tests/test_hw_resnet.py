@@ -12,12 +12,11 @@ import warnings
 
 import numpy as np
 import pytest
+import torch
 
-torch = pytest.importorskip("torch")
-
-from spikeforge.sw.export_resnet import export_resnet  # noqa: E402
-from spikeforge.sw.resnet import lif_neuron, resnet8  # noqa: E402
-from hw_helpers import assert_rtl_matches_reference  # noqa: E402
+from spikeforge.sw.export_resnet import export_resnet
+from spikeforge.sw.resnet import lif_neuron, resnet8
+from hw_helpers import assert_rtl_matches_reference
 
 T = 4
 
