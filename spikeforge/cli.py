@@ -7,7 +7,6 @@ torch and `--help` is instant.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -159,11 +158,7 @@ def cmd_demo(args) -> int:
     print(f"== 1/4 train ({args.dataset}, demo schedule) -> {out}")
     config = preset("demo", dataset=args.dataset, out=str(out), data_dir=args.data_dir)
     summary = train(config)
-    network_path = out / "network.sfnet"
-    if not network_path.is_file():
-        from spikeforge.sw.export import export_network
-
-        netimage.save(export_network(out / "checkpoint.pt"), network_path)
+    network_path = out / "network.sfnet"  # the trainer exports its network there
     net = netimage.load(network_path)
     print(netimage.summary(net))
 
