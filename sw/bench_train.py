@@ -86,18 +86,11 @@ def _spikeforge_model(cfg: dict, args):
     return model, (lambda images: run(inputs(images))), None
 
 
-def _spikingjelly_model(args, compiled: bool):
-    import torch
+def _peer_resnet18(lif, conv_bn, linear, widths, time_loop):
+    """The peers' spiking ResNet-18 skeleton (CIFAR stem, 2 BasicBlocks per stage, join before the block's second
+    LIF), built from each framework's own LIF, conv+BN and linear layers; ``time_loop(net, images)`` is the peer's
+    own way of running the T steps."""
     from torch import nn
-    from spikingjelly.activation_based import functional, layer, neuron, surrogate
-
-    def lif():
-        return neuron.LIFNode(tau=2.0 ** LEAK_SHIFT, decay_input=False, v_threshold=1.0, v_reset=None,
-                              surrogate_function=surrogate.ATan(alpha=ALPHA), step_mode="m")
-
-    def conv_bn(cin, cout, k, stride=1):
-        return nn.Sequential(layer.Conv2d(cin, cout, k, stride, k // 2, bias=False, step_mode="m"),
-                             layer.BatchNorm2d(cout, step_mode="m"))
 
     class Block(nn.Module):
         def __init__(self, cin, cout, stride):
@@ -111,7 +104,7 @@ def _spikingjelly_model(args, compiled: bool):
             return self.lif2(self.conv2(self.lif1(self.conv1(x))) + shortcut)
 
     class Net(nn.Module):
-        def __init__(self, widths):
+        def __init__(self):
             super().__init__()
             self.stem, self.stem_lif = conv_bn(3, widths[0], 3), lif()
             blocks, c = [], widths[0]
@@ -120,14 +113,34 @@ def _spikingjelly_model(args, compiled: bool):
                     blocks.append(Block(c, w, 2 if i > 0 and j == 0 else 1))
                     c = w
             self.blocks = nn.Sequential(*blocks)
-            self.fc = layer.Linear(c, 10, step_mode="m")
+            self.fc = linear(c)
 
         def forward(self, images):
-            x = images.unsqueeze(0).repeat(args.time_steps, 1, 1, 1, 1)  # SpikingJelly's usual direct encoding
-            x = self.blocks(self.stem_lif(self.stem(x)))
-            return self.fc(x.mean(dim=(-2, -1))).mean(0)
+            return time_loop(self, images)
 
-    model = Net(_widths(args.width_div))
+    return Net()
+
+
+def _spikingjelly_model(args, compiled: bool):
+    import torch
+    from torch import nn
+    from spikingjelly.activation_based import functional, layer, neuron, surrogate
+
+    def lif():
+        return neuron.LIFNode(tau=2.0 ** LEAK_SHIFT, decay_input=False, v_threshold=1.0, v_reset=None,
+                              surrogate_function=surrogate.ATan(alpha=ALPHA), step_mode="m")
+
+    def conv_bn(cin, cout, k, stride=1):
+        return nn.Sequential(layer.Conv2d(cin, cout, k, stride, k // 2, bias=False, step_mode="m"),
+                             layer.BatchNorm2d(cout, step_mode="m"))
+
+    def time_loop(net, images):
+        x = images.unsqueeze(0).repeat(args.time_steps, 1, 1, 1, 1)  # SpikingJelly's usual direct encoding
+        x = net.blocks(net.stem_lif(net.stem(x)))
+        return net.fc(x.mean(dim=(-2, -1))).mean(0)
+
+    model = _peer_resnet18(lif, conv_bn, lambda c: layer.Linear(c, 10, step_mode="m"), _widths(args.width_div),
+                           time_loop)
     run = torch.compile(model) if compiled else model
     return model, run, lambda: functional.reset_net(model)
 
@@ -144,37 +157,14 @@ def _snntorch_model(args):
     def conv_bn(cin, cout, k, stride=1):
         return nn.Sequential(nn.Conv2d(cin, cout, k, stride, k // 2, bias=False), nn.BatchNorm2d(cout))
 
-    class Block(nn.Module):
-        def __init__(self, cin, cout, stride):
-            super().__init__()
-            self.conv1, self.lif1 = conv_bn(cin, cout, 3, stride), lif()
-            self.conv2, self.lif2 = conv_bn(cout, cout, 3), lif()
-            self.down = conv_bn(cin, cout, 1, stride) if stride != 1 or cin != cout else None
+    def time_loop(net, images):  # snnTorch's idiom: the time loop outside the layers, one step at a time
+        total = 0
+        for _ in range(args.time_steps):
+            x = net.blocks(net.stem_lif(net.stem(images)))
+            total = total + net.fc(x.mean(dim=(-2, -1)))
+        return total / args.time_steps
 
-        def forward(self, x):
-            shortcut = x if self.down is None else self.down(x)
-            return self.lif2(self.conv2(self.lif1(self.conv1(x))) + shortcut)
-
-    class Net(nn.Module):
-        def __init__(self, widths):
-            super().__init__()
-            self.stem, self.stem_lif = conv_bn(3, widths[0], 3), lif()
-            blocks, c = [], widths[0]
-            for i, w in enumerate(widths):
-                for j in range(2):
-                    blocks.append(Block(c, w, 2 if i > 0 and j == 0 else 1))
-                    c = w
-            self.blocks = nn.Sequential(*blocks)
-            self.fc = nn.Linear(c, 10)
-
-        def forward(self, images):  # snnTorch's idiom: the time loop outside the layers, one step at a time
-            total = 0
-            for _ in range(args.time_steps):
-                x = self.blocks(self.stem_lif(self.stem(images)))
-                total = total + self.fc(x.mean(dim=(-2, -1)))
-            return total / args.time_steps
-
-    model = Net(_widths(args.width_div))
+    model = _peer_resnet18(lif, conv_bn, lambda c: nn.Linear(c, 10), _widths(args.width_div), time_loop)
     leaky = [m for m in model.modules() if isinstance(m, snntorch.Leaky)]
 
     def reset():  # snntorch.utils.reset does not reach the neurons nested in the blocks: reset each one
