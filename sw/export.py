@@ -7,6 +7,7 @@ implementation of the integer semantics.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ from spikeforge.netimage import (Network, Population, Projection, required_acc_b
 from . import reference
 from .model import PADDING, SpikingNet, spiking_net, weight_scale
 
-__all__ = ["ExportError", "export_network", "deployed_accuracy", "membrane_statistics", "load_model",
+__all__ = ["ExportError", "export_network", "deployed_accuracy", "membrane_statistics", "load_model", "read_checkpoint",
            "VBITS_MAX"]
 
 VBITS_MAX = 32  # the network file's limit on a membrane's width
@@ -28,8 +29,8 @@ class ExportError(ValueError):
     """The trained model cannot become a deployable network; the message names the layer and the fix."""
 
 
-def load_model(checkpoint) -> tuple[SpikingNet, dict]:
-    """A QAT SpikingNet (eval mode) and the training config from a checkpoint path or a loaded checkpoint dict."""
+def read_checkpoint(checkpoint) -> dict:
+    """A checkpoint dict from a path (or the dict itself), checked to be one of ours."""
     ckpt = checkpoint
     if isinstance(checkpoint, (str, Path)):
         path = Path(checkpoint)
@@ -38,7 +39,23 @@ def load_model(checkpoint) -> tuple[SpikingNet, dict]:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
     if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
         raise ExportError(f"{checkpoint}: not a spikeforge checkpoint (needs 'config' and 'model')")
+    return ckpt
+
+
+def load_model(checkpoint) -> tuple[torch.nn.Module, dict]:
+    """The QAT model of a checkpoint (eval mode) and its training config, from a path or a loaded checkpoint dict:
+    a SpikingNet for a chain, a SpikingResNet (or its ANN twin) for a ResNet checkpoint (``kind == "resnet"``)."""
+    ckpt = read_checkpoint(checkpoint)
     cfg = ckpt["config"]
+    if ckpt.get("kind") == "resnet":
+        from .train import TrainConfig, build_model
+
+        known = {f.name for f in dataclasses.fields(TrainConfig)}
+        config = TrainConfig(**{k: v for k, v in cfg.items() if k in known})
+        model = build_model(config, quantized=True, input_shape=tuple(ckpt["input_shape"]), classes=ckpt["classes"],
+                            surrogate_width=None if config.ann else float(cfg["surrogate_width"]))
+        model.load_state_dict(ckpt["model"])
+        return model.eval(), {**cfg, "input_shape": list(ckpt["input_shape"])}
     model = spiking_net(cfg["arch"], time_steps=cfg["time_steps"], quantized=True, surrogate=cfg["surrogate"],
                         width=cfg["surrogate_width"], leak_shift=cfg["leak_shift"])
     model.load_state_dict(ckpt["model"])
@@ -151,7 +168,8 @@ def export_network(checkpoint_or_model, *, max_acc_bits: int = 32, calibration_i
                    time_steps: int | None = None, headroom_bits: int = 1) -> Network:
     """Fold a trained QAT model into an integer Network (validated; spikeforge.netimage.save writes it).
 
-    ``checkpoint_or_model``: a SpikingNet, a checkpoint dict or the path of ``checkpoint.pt``.
+    ``checkpoint_or_model``: a SpikingNet, a checkpoint dict or the path of ``checkpoint.pt``; a ResNet checkpoint
+    is handed to :func:`spikeforge.sw.export_resnet.export_resnet` (worst-case widths, no calibration).
 
     Membrane widths: with ``calibration_images`` (uint8 [N, 1, H, W]) each firing population gets the fewest
     vbits at which spikes and readout of every calibration image stay exactly those of an unclamped network
@@ -166,6 +184,11 @@ def export_network(checkpoint_or_model, *, max_acc_bits: int = 32, calibration_i
         model, cfg = checkpoint_or_model.eval(), {}
     else:
         model, cfg = load_model(checkpoint_or_model)
+    if not isinstance(model, SpikingNet):  # a ResNet checkpoint: sw/export_resnet.py (worst-case widths)
+        from .export_resnet import export_resnet
+
+        return export_resnet(model, max_acc_bits=max_acc_bits, time_steps=time_steps,
+                             input_shape=tuple(cfg["input_shape"]))
     T = time_steps or model.time_steps
     shapes = model.arch.shapes()
     pops = [Population(name="input", kind="input", shape=tuple(shapes[0]), bits=8)]
@@ -255,20 +278,24 @@ def main(argv=None) -> Network:
 
     from .data import load_dataset
 
-    p = argparse.ArgumentParser(prog="spikeforge export", description="Fold a QAT checkpoint into a network image.")
+    p = argparse.ArgumentParser(prog="spikeforge export",
+                                description="Fold a QAT checkpoint (a chain or a spiking ResNet) into a network image.")
     p.add_argument("checkpoint")
     p.add_argument("-o", "--output", required=True)
     p.add_argument("--calibration-images", type=int, default=1000,
-                   help="train images that set the membrane widths (0: a worst-case bound)")
+                   help="train images that set a chain's membrane widths (0: a worst-case bound; a ResNet "
+                        "always uses the worst-case bound)")
     p.add_argument("--max-acc-bits", type=int, default=32)
     p.add_argument("--data-dir", default=None)
     args = p.parse_args(argv)
-    model, cfg = load_model(args.checkpoint)
-    calib = None
-    if args.calibration_images > 0:
-        calib = load_dataset(cfg["dataset"], "train", args.data_dir or cfg.get("data_dir"))[0][:args.calibration_images]
     try:
-        net = export_network(model, max_acc_bits=args.max_acc_bits, calibration_images=calib)
+        ckpt = read_checkpoint(args.checkpoint)
+        cfg = ckpt["config"]
+        calib = None
+        if args.calibration_images > 0 and ckpt.get("kind") != "resnet":
+            calib = load_dataset(cfg["dataset"], "train",
+                                 args.data_dir or cfg.get("data_dir"))[0][:args.calibration_images]
+        net = export_network(ckpt, max_acc_bits=args.max_acc_bits, calibration_images=calib)
     except ExportError as exc:
         raise SystemExit(f"spikeforge export: {exc}") from None
     net.metadata.update(dataset=cfg["dataset"])

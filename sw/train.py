@@ -285,14 +285,18 @@ def evaluate_checkpoint(checkpoint, images: np.ndarray, labels: np.ndarray, time
     from .export import load_model
 
     model, _ = load_model(checkpoint)
-    names = [f"{spec.kind}{i + 1}" for i, spec in enumerate(model.arch.layers[:-1])]
-    counts = dict.fromkeys(names, 0)
+    chain = hasattr(model, "arch")
+    counts: dict[str, int] = {}
     correct = 0
-    for start in range(0, len(images), batch):
-        out = model.run(torch.as_tensor(images[start:start + batch]).float() / PIXEL_MAX, time_steps)
-        correct += int((out.logits.argmax(1).numpy() == labels[start:start + batch]).sum())
-        for name, spikes in zip(names, out.spikes):
-            counts[name] += int(spikes.sum())
+    with torch.no_grad():
+        for start in range(0, len(images), batch):
+            x = torch.as_tensor(images[start:start + batch]).float() / PIXEL_MAX
+            out = model.run(x, time_steps) if chain else model.run(x, time_steps, record=not model.ann)
+            correct += int((out.logits.argmax(1).numpy() == labels[start:start + batch]).sum())
+            named = zip([f"{spec.kind}{i + 1}" for i, spec in enumerate(model.arch.layers[:-1])], out.spikes) \
+                if chain else out.spikes.items()
+            for name, spikes in named:
+                counts[name] = counts.get(name, 0) + int(spikes.sum())
     return {"accuracy": correct / max(1, len(images)), "spike_counts": counts}
 
 

@@ -185,11 +185,28 @@ def test_resnet_and_its_ann_twin_through_the_same_loop(fake_cifar, tmp_path, cap
     assert net.populations[0].shape == (3, 32, 32) and net.populations[-1].shape == (10,)
     ckpt = torch.load(tmp_path / "snn" / "checkpoint.pt", weights_only=False)
     assert ckpt["kind"] == "resnet" and ckpt["surrogate_width"] == snn["surrogate_width"]
+    # `spikeforge export` of the ResNet checkpoint rebuilds the model and writes the trainer's network again
+    from spikeforge.cli import main as cli_main
+    from spikeforge.sw.data import load_dataset
+
+    assert cli_main(["export", str(tmp_path / "snn" / "checkpoint.pt"), "-o", str(tmp_path / "again.sfnet")]) == 0
+    again = netimage.load(tmp_path / "again.sfnet")
+    assert [p.name for p in again.populations] == [p.name for p in net.populations]
+    for a, b in zip(again.populations[1:], net.populations[1:]):
+        assert (a.vbits, a.acc_bits) == (b.vbits, b.acc_bits) and np.array_equal(a.bias, b.bias)
+        assert all(np.array_equal(pa.weight, pb.weight) for pa, pb in zip(a.projections, b.projections))
+    # and the torch backend evaluates it: the QAT accuracy the trainer reported, spikes per population
+    x, y = load_dataset("cifar10", "test", fake_cifar / "c10")
+    result = train_module.evaluate_checkpoint(tmp_path / "snn" / "checkpoint.pt", x, y)
+    assert result["accuracy"] == pytest.approx(snn["qat_accuracy"])
+    assert list(result["spike_counts"])[:2] == ["stem", "layer1.0.conv1"]
 
     ann = train(_resnet_config(fake_cifar / "c10", tmp_path / "ann", ann=True, amp="bf16"))
     assert ann["deployed_accuracy"] is None and "ANN" in ann["not_exported"] and ann["time_steps"] == 1
     assert not (tmp_path / "ann" / "network.sfnet").exists()
     assert 0.0 <= ann["qat_accuracy"] <= 1.0
+    with pytest.raises(SystemExit, match="ANN twin"):
+        cli_main(["export", str(tmp_path / "ann" / "checkpoint.pt"), "-o", str(tmp_path / "ann.sfnet")])
 
 
 def test_gradient_checkpointing_gives_the_same_gradients():
