@@ -1,0 +1,203 @@
+"""docs/results.md from finished training runs: every figure comes from a run's ``summary.json`` (written by
+``spikeforge train``) or is measured here, next to the command that reproduces it.
+
+    python -m spikeforge.sw.results build/train build/fmnist-r8 ... [--accuracy-vs-t build/train]
+                                    [--out docs/results.md] [--png docs/accuracy_vs_T.png]
+
+Per run: dataset, model, T, epochs, train images, wall time, float / QAT / deployed integer accuracy. ANN-twin runs
+are paired with the spiking run of the same dataset and architecture (the SNN-vs-ANN gap). ``--accuracy-vs-t RUN``
+evaluates RUN's deployed network (``network.sfnet``) with the integer reference at T = 1..10 on the test set and
+plots it. The targets of the training issue (MNIST >= 99.4%, Fashion-MNIST >= 93.5%) are checked against the best
+deployed run per dataset.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["load_runs", "train_command", "accuracy_vs_t", "plot_accuracy_vs_t", "render", "main", "TARGETS"]
+
+TARGETS = {"mnist": 0.994, "fashion-mnist": 0.935}  # deployed integer accuracy at T=10 (issue 3)
+_NOT_FLAGS = {"progress", "threads", "eval_batch"}  # do not change the result
+
+
+class ResultsError(ValueError):
+    """A run folder without a finished training run; the message names it."""
+
+
+def load_runs(folders) -> list[dict]:
+    """The ``summary.json`` of each folder, with ``run`` set to the folder."""
+    runs = []
+    for folder in folders:
+        path = Path(folder) / "summary.json"
+        if not path.is_file():
+            raise ResultsError(f"{folder}: no summary.json; it is written when `spikeforge train --out {folder}` "
+                               "finishes, so train (or resume) that run first")
+        summary = json.loads(path.read_text())
+        summary["run"] = str(folder)
+        runs.append(summary)
+    return runs
+
+
+def train_command(config: dict) -> str:
+    """The ``spikeforge train`` command line that reproduces ``config`` (flags for the fields that differ from the
+    default schedule)."""
+    from .train import TrainConfig
+
+    default = TrainConfig()
+    flags = []
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in _NOT_FLAGS or f.name not in config:
+            continue
+        value = config[f.name]
+        if value != getattr(default, f.name):
+            flags.append(f"--{f.name.replace('_', '-')} {'none' if value is None else value}")
+    return " ".join(["spikeforge train", *flags])
+
+
+def accuracy_vs_t(net, images, labels, steps=range(1, 11), progress: bool = True) -> list[float]:
+    """Deployed integer accuracy of ``net`` (spikeforge.sw.reference) when run for each T in ``steps``."""
+    from tqdm import tqdm
+
+    from .export import deployed_accuracy
+
+    return [deployed_accuracy(net, images, labels, T) for T in tqdm(list(steps), desc="accuracy vs T",
+                                                                      disable=not progress)]
+
+
+def plot_accuracy_vs_t(steps, accuracies, path, title: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.5))
+    ax.plot(list(steps), [100 * a for a in accuracies], marker="o")
+    ax.set_xlabel("time steps T at inference")
+    ax.set_ylabel("deployed integer accuracy (%)")
+    ax.set_xticks(list(steps))
+    ax.grid(alpha=0.3)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _pct(x) -> str:
+    return "-" if x is None else f"{100 * x:.2f}%"
+
+
+def _model(run: dict) -> str:
+    cfg = run["config"]
+    if run.get("model") == "spiking chain" or not str(cfg.get("arch", "")).startswith("resnet"):
+        return f"chain {run['arch']}"
+    name = f"{cfg['arch']} x{cfg['width']:g} bn={cfg['bn']}"
+    if cfg.get("ann"):
+        return name + " ANN twin"
+    window = cfg.get("temporal_window")
+    return name + (" exact BPTT" if window is None else " SLTT" if window == 1 else f" TBPTT k={window}")
+
+
+def _key(run: dict) -> tuple:
+    cfg = run["config"]
+    return cfg["dataset"], cfg["arch"], cfg.get("width"), cfg.get("bn")
+
+
+def render(runs: list[dict], curve: dict | None = None) -> str:
+    """The Markdown of docs/results.md."""
+    lines = ["# Results", "",
+             "Produced by `python -m spikeforge.sw.results` from the runs' `summary.json` files (do not edit by hand;",
+             "rerun it). Accuracies are on the full test set unless the images column says otherwise; wall times",
+             "are this machine's (2 CPU cores, no GPU) and include the machine's load at the time.", "",
+             "| run | dataset | model | T | epochs float+QAT | train images | train wall | float | QAT | deployed "
+             "integer | test images |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in runs:
+        cfg, sec = r["config"], r.get("seconds", {})
+        wall = (sec.get("float_s", 0) + sec.get("qat_s", 0)) / 60
+        lines.append(f"| `{r['run']}` | {cfg['dataset']} | {_model(r)} | {r['time_steps']} | "
+                     f"{cfg['epochs_float']}+{cfg['epochs_qat']} | {r['train_images']} | {wall:.1f} min | "
+                     f"{_pct(r['float_accuracy'])} | {_pct(r['qat_accuracy'])} | {_pct(r.get('deployed_accuracy'))} | "
+                     f"{r.get('deployed_images', r['test_images'])} |")
+    lines += ["", "Commands (each run's folder is its `--out`):", ""]
+    lines += [f"- `{r['run']}`: `{train_command({**r['config'], 'out': r['run']})}`" for r in runs]
+    pairs = [(snn, ann) for ann in runs if ann["config"].get("ann")
+             for snn in runs if not snn["config"].get("ann") and _key(snn) == _key(ann)
+             and snn["config"].get("temporal_window") is None]
+    if pairs:
+        lines += ["", "## SNN vs ANN twin (same architecture, same loop)", "",
+                  "| dataset | model | SNN QAT | ANN QAT | gap |", "|---|---|---|---|---|"]
+        for snn, ann in pairs:
+            lines.append(f"| {snn['config']['dataset']} | {_model(snn)} | {_pct(snn['qat_accuracy'])} | "
+                         f"{_pct(ann['qat_accuracy'])} | {100 * (ann['qat_accuracy'] - snn['qat_accuracy']):+.2f} "
+                         "points |")
+    if curve:
+        lines += ["", f"## Accuracy vs T ({curve['run']})", "",
+                  f"The deployed network of `{curve['run']}` (trained at T={curve['trained_t']}) run by the integer "
+                  f"reference at T = 1..{max(curve['steps'])} on {curve['images']} test images: "
+                  f"`python -m spikeforge.sw.results ... --accuracy-vs-t {curve['run']}`.", "",
+                  "| T | " + " | ".join(str(t) for t in curve["steps"]) + " |",
+                  "|---|" + "---|" * len(curve["steps"]),
+                  "| accuracy | " + " | ".join(f"{100 * a:.2f}" for a in curve["accuracies"]) + " |", "",
+                  f"![accuracy vs T]({curve['png']})"]
+    lines += ["", "## Targets (deployed integer accuracy, T=10, quantized weights)", "",
+              "| dataset | target | best run | deployed | met |", "|---|---|---|---|---|"]
+    for dataset, target in TARGETS.items():
+        done = [r for r in runs if r["config"]["dataset"] == dataset and r.get("deployed_accuracy") is not None
+                and r["time_steps"] == 10 and r.get("deployed_images", r["test_images"]) == r["test_images"]]
+        best = max(done, key=lambda r: r["deployed_accuracy"], default=None)
+        lines.append(f"| {dataset} | {_pct(target)} | " + (
+            f"`{best['run']}` | {_pct(best['deployed_accuracy'])} | "
+            f"{'yes' if best['deployed_accuracy'] >= target else 'no'} |" if best else "none | - | no |"))
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> str:
+    p = argparse.ArgumentParser(prog="python -m spikeforge.sw.results",
+                                description="Write docs/results.md (and the accuracy-vs-T plot) from training runs.")
+    p.add_argument("runs", nargs="+", help="run folders (each a `spikeforge train --out`) holding summary.json")
+    p.add_argument("--out", default="docs/results.md")
+    p.add_argument("--accuracy-vs-t", metavar="RUN", default=None,
+                   help="a run folder whose network.sfnet is evaluated at T = 1..10")
+    p.add_argument("--png", default="docs/accuracy_vs_T.png")
+    p.add_argument("--images", type=int, default=None, help="test images for the accuracy-vs-T curve (all: none)")
+    p.add_argument("--data-dir", default=None, help="dataset folder of that run, if not the packaged one")
+    args = p.parse_args(argv)
+    try:
+        runs = load_runs(args.runs)
+    except ResultsError as exc:
+        raise SystemExit(f"spikeforge results: {exc}") from None
+    curve = None
+    if args.accuracy_vs_t:
+        from spikeforge import netimage
+
+        from .data import load_dataset
+
+        run = load_runs([args.accuracy_vs_t])[0]
+        net = netimage.load(Path(args.accuracy_vs_t) / "network.sfnet")
+        x, y = load_dataset(run["config"]["dataset"], "test", args.data_dir or run["config"].get("data_dir"))
+        x, y = x[:args.images], y[:args.images]
+        steps = list(range(1, 11))
+        accs = accuracy_vs_t(net, np.asarray(x), np.asarray(y), steps)
+        png = plot_accuracy_vs_t(steps, accs, args.png, f"{_model(run)} on {run['config']['dataset']}, "
+                                 f"trained at T={run['time_steps']}")
+        out_dir = Path(args.out).resolve().parent
+        rel = png.resolve().relative_to(out_dir) if png.resolve().is_relative_to(out_dir) else png
+        curve = {"run": args.accuracy_vs_t, "steps": steps, "accuracies": accs, "images": len(y),
+                 "trained_t": run["time_steps"], "png": str(rel)}
+    text = render(runs, curve)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(text)
+    print(text)
+    return text
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,78 @@
+"""docs/results.md generator: reproducible commands, the tables, the targets and the accuracy-vs-T curve."""
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from spikeforge import netimage
+from spikeforge.sw import results
+from spikeforge.sw import train as train_module
+from spikeforge.sw.train import TrainConfig
+
+DEMO = Path(__file__).parent / "data" / "demo-mnist.sfnet"
+
+
+def test_train_command_reproduces_the_config(monkeypatch):
+    config = TrainConfig(dataset="fashion-mnist", arch="resnet8", width=0.5, bn="tdbn", temporal_window=1,
+                         epochs_float=3, epochs_qat=1, train_subset=20000, lr=0.05, optimizer="sgd",
+                         surrogate_width="auto", deploy_aware=False, out="build/r8-sltt", threads=1)
+    command = results.train_command(dataclasses.asdict(config))
+    assert command.startswith("spikeforge train ") and "--threads" not in command
+    monkeypatch.setattr(train_module, "train", lambda c: c)
+    parsed = train_module.main(command.split()[2:])
+    assert dataclasses.replace(parsed, threads=1) == config
+
+
+def _summary(dataset, arch, deployed, qat, *, ann=False, window=None, width=0.5, bn="shared", T=10):
+    cfg = dataclasses.asdict(TrainConfig(dataset=dataset, arch=arch, ann=ann, temporal_window=window, width=width,
+                                         bn=bn))
+    return {"dataset": dataset, "arch": arch, "model": "spiking chain" if not arch.startswith("resnet") else arch,
+            "time_steps": 1 if ann else T, "train_images": 60000, "test_images": 10000, "float_accuracy": qat,
+            "qat_accuracy": qat, "deployed_accuracy": deployed, "deployed_images": 10000,
+            "seconds": {"float_s": 600.0, "qat_s": 60.0}, "config": cfg}
+
+
+def test_render_pairs_the_ann_twin_and_checks_the_targets():
+    runs = [dict(_summary("mnist", "demo", 0.9834, 0.9832), run="build/train"),
+            dict(_summary("fashion-mnist", "resnet8", 0.9361, 0.9370), run="build/f-bptt"),
+            dict(_summary("fashion-mnist", "resnet8", 0.9290, 0.9300, window=1), run="build/f-sltt"),
+            dict(_summary("fashion-mnist", "resnet8", None, 0.9420, ann=True), run="build/f-ann")]
+    text = results.render(runs)
+    assert "| `build/f-sltt` | fashion-mnist | resnet8 x0.5 bn=shared SLTT | 10 | 16+4 | 60000 | 11.0 min |" in text
+    # the ANN twin pairs with the exact-BPTT run only: +0.50 points
+    assert "| fashion-mnist | resnet8 x0.5 bn=shared exact BPTT | 93.70% | 94.20% | +0.50 points |" in text
+    assert "| mnist | 99.40% | `build/train` | 98.34% | no |" in text
+    assert "| fashion-mnist | 93.50% | `build/f-bptt` | 93.61% | yes |" in text
+    assert ("`build/f-ann`: `spikeforge train --dataset fashion-mnist --arch resnet8 --out build/f-ann --width 0.5 "
+            "--ann True`") in text
+
+
+def test_missing_run_folder_is_one_sentence(tmp_path):
+    with pytest.raises(SystemExit, match=r"nowhere: no summary.json; .*spikeforge train --out .*nowhere"):
+        results.main([str(tmp_path / "nowhere"), "--out", str(tmp_path / "r.md")])
+
+
+def test_accuracy_vs_t_of_the_trained_demo_network(tmp_path):
+    from spikeforge.sw.data import load_dataset
+    from spikeforge.sw.export import deployed_accuracy
+
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(DEMO, run / "network.sfnet")
+    (run / "summary.json").write_text(json.dumps(_summary("mnist", "demo", 0.9834, 0.9832)))
+    text = results.main([str(run), "--accuracy-vs-t", str(run), "--images", "300", "--out",
+                         str(tmp_path / "docs" / "results.md"), "--png", str(tmp_path / "docs" / "acc.png")])
+    assert (tmp_path / "docs" / "acc.png").stat().st_size > 1000 and "![accuracy vs T](acc.png)" in text
+    row = next(line for line in text.splitlines() if line.startswith("| accuracy |"))
+    accs = [float(v) / 100 for v in row.strip("| ").split(" | ")[1:]]
+    assert len(accs) == 10
+    x, y = load_dataset("mnist", "test")
+    net = netimage.load(DEMO)
+    assert accs[9] == pytest.approx(deployed_accuracy(net, x[:300], y[:300], 10), abs=5e-5)
+    # one step of a network trained for ten is a poor classifier; ten steps are a good one
+    assert accs[0] < accs[9] - 0.05 and accs[9] > 0.9
+    assert np.all(np.isfinite(accs))
