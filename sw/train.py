@@ -667,6 +667,8 @@ def _train(config: TrainConfig, dist: _Dist) -> dict:
         note = "ANN twin: nothing to deploy (compare its accuracy with the spiking run's)"
     elif config.is_resnet and config.stem == "imagenet":
         note = "stem 'imagenet' has a max-pool, which the integer semantics lacks: not exported"
+    elif config.is_resnet and config.bn == "bntt":
+        note = "BNTT has a threshold and bias per time step, which the integer semantics lacks: not exported"
     else:
         t0 = time.time()
         if config.is_resnet:

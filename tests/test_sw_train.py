@@ -259,3 +259,9 @@ def test_command_line_has_help_for_every_flag(capsys):
         assert train_module._HELP[f.name]
     for flag in ("--epochs", "--qat-epochs", "--surrogate-width", "--preset"):
         assert flag in text
+
+
+def test_bntt_trains_and_is_not_exported(fake_cifar, tmp_path):
+    summary = train(_resnet_config(fake_cifar / "c10", tmp_path / "bntt", bn="bntt", epochs_qat=0))
+    assert summary["deployed_accuracy"] is None and "BNTT" in summary["not_exported"]
+    assert 0.0 <= summary["qat_accuracy"] <= 1.0 and not (tmp_path / "bntt" / "network.sfnet").exists()
