@@ -49,10 +49,10 @@ class TrainConfig:
     data_dir: str | None = None           # IDX folder (MNIST-style) or the unpacked dataset folder (colour sets)
     arch: str = "demo"                    # a chain (model.ARCHITECTURES name or c8s2w8-c16s2w4-d10w4) or resnet8..50
     time_steps: int = 10
-    epochs_float: int = 16
+    epochs_float: int = 24
     epochs_qat: int = 4
     batch_size: int = 128                 # the global batch: split over the DDP ranks
-    lr: float = 3e-3                      # peak LR of the float phase
+    lr: float = 5e-3                      # peak LR of the float phase
     lr_qat: float = 5e-4                  # start LR of the QAT phase (cosine to 0)
     weight_decay: float = 1e-4
     optimizer: str = "adamw"              # "adamw" | "sgd"
@@ -60,7 +60,7 @@ class TrainConfig:
     surrogate: str = "arctan"             # one of neuron.SURROGATES
     surrogate_width: float | str = 0.5    # or "auto": sw.gradflow.auto_width picks one of AUTO_WIDTHS at the start
     leak_shift: int | None = None         # None = integrate-and-fire
-    augment_shift: int = 2                # MNIST-style: random translation of +-n pixels (zero fill), train only
+    augment_shift: int = 1                # MNIST-style: random translation of +-n pixels (zero fill), train only
     deploy_aware: bool = True             # QAT with the exporter's rounded thresholds/biases in the loop (chain)
     bn_calibration_batches: int = 50      # BN statistics re-measured on the quantized weights before QAT
     seed: int = 0

@@ -42,7 +42,7 @@ def test_render_pairs_the_ann_twin_and_checks_the_targets():
             dict(_summary("fashion-mnist", "resnet8", 0.9290, 0.9300, window=1), run="build/f-sltt"),
             dict(_summary("fashion-mnist", "resnet8", None, 0.9420, ann=True), run="build/f-ann")]
     text = results.render(runs)
-    assert "| `build/f-sltt` | fashion-mnist | resnet8 x0.5 bn=shared SLTT | 10 | 16+4 | 60000 | 11.0 min |" in text
+    assert "| `build/f-sltt` | fashion-mnist | resnet8 x0.5 bn=shared SLTT | 10 | 24+4 | 60000 | 11.0 min |" in text
     # the ANN twin pairs with the exact-BPTT run only: +0.50 points
     assert "| fashion-mnist | resnet8 x0.5 bn=shared exact BPTT | 93.70% | 94.20% | +0.50 points |" in text
     assert "| mnist | 99.40% | `build/train` | 98.34% | no |" in text
