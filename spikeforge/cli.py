@@ -243,31 +243,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# subcommands with their own parsers: main() hands them the arguments directly
+DELEGATED = {"gradflow": "spikeforge.sw.gradflow", "train": "spikeforge.sw.train", "export": "spikeforge.sw.export"}
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["gradflow"]:
-        from spikeforge.sw.gradflow import main as gradflow_main
-
-        gradflow_main(argv[1:])
-        return 0
-    if argv[:1] == ["train"]:
-        from spikeforge.sw.train import main as train_main
-
-        train_main(argv[1:])
-        return 0
-    if argv[:1] == ["export"]:
-        from spikeforge.sw.export import main as export_main
-
-        export_main(argv[1:])
-        return 0
-    args = build_parser().parse_args(argv)
-    if getattr(args, "backend", None) == "rtl" and args.images is None:
-        args.images = 20
     try:
+        if argv[:1] and argv[0] in DELEGATED:
+            import importlib
+
+            importlib.import_module(DELEGATED[argv[0]]).main(argv[1:])
+            return 0
+        args = build_parser().parse_args(argv)
+        if getattr(args, "backend", None) == "rtl" and args.images is None:
+            args.images = 20
         return args.func(args)
     except Exception as exc:
         # Every error class defined in spikeforge carries one user-facing sentence (a bad file, a missing
-        # dataset, a network the hardware cannot hold, a garbled serial link): print it, no traceback.
+        # dataset, a bad training config, a network the hardware cannot hold, a garbled serial link): print it,
+        # no traceback.
         if not type(exc).__module__.startswith("spikeforge"):
             raise
         print(f"spikeforge: error: {exc}", file=sys.stderr)

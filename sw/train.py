@@ -32,13 +32,17 @@ from spikeforge import netimage
 
 from .data import MNIST_STYLE, NUM_CLASSES, load_dataset
 from .export import deployed_accuracy, export_network, membrane_statistics
-from .model import PIXEL_MAX, spiking_net
+from .model import ARCHITECTURES, PIXEL_MAX, Architecture, spiking_net
 from .neuron import SURROGATES
 
-__all__ = ["TrainConfig", "PRESETS", "preset", "train", "evaluate", "evaluate_checkpoint", "build_model", "main"]
+__all__ = ["ConfigError", "TrainConfig", "PRESETS", "preset", "train", "evaluate", "evaluate_checkpoint", "build_model", "main"]
 
 RESNET_ARCHS = ("resnet8", "resnet10", "resnet18", "resnet34", "resnet50")
 AUTO_WIDTHS = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0)  # the candidates of --surrogate-width auto
+
+
+class ConfigError(ValueError):
+    """A training config (or out dir) that cannot run; the message names the field and what to do."""
 
 
 @dataclass
@@ -104,29 +108,35 @@ class TrainConfig:
 
     def validate(self) -> "TrainConfig":
         if self.surrogate not in SURROGATES:
-            raise ValueError(f"surrogate must be one of {sorted(SURROGATES)}, not {self.surrogate!r}")
+            raise ConfigError(f"surrogate must be one of {sorted(SURROGATES)}, not {self.surrogate!r}")
         if self.optimizer not in ("adamw", "sgd"):
-            raise ValueError(f"optimizer must be 'adamw' or 'sgd', not {self.optimizer!r}")
+            raise ConfigError(f"optimizer must be 'adamw' or 'sgd', not {self.optimizer!r}")
         if self.schedule not in ("onecycle", "cosine"):
-            raise ValueError(f"schedule must be 'onecycle' or 'cosine', not {self.schedule!r}")
+            raise ConfigError(f"schedule must be 'onecycle' or 'cosine', not {self.schedule!r}")
         if self.epochs_float < 0 or self.epochs_qat < 0 or self.epochs_float + self.epochs_qat == 0:
-            raise ValueError("epochs_float and epochs_qat must be >= 0, with at least one epoch in all")
+            raise ConfigError("epochs_float and epochs_qat must be >= 0, with at least one epoch in all")
         if self.amp not in ("off", "bf16", "fp16"):
-            raise ValueError(f"amp must be 'off', 'bf16' or 'fp16', not {self.amp!r}")
+            raise ConfigError(f"amp must be 'off', 'bf16' or 'fp16', not {self.amp!r}")
         if self.device not in ("auto", "cpu", "cuda"):
-            raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', not {self.device!r}")
+            raise ConfigError(f"device must be 'auto', 'cpu' or 'cuda', not {self.device!r}")
         if isinstance(self.surrogate_width, str) and self.surrogate_width != "auto":
             try:
                 self.surrogate_width = float(self.surrogate_width)
             except ValueError:
-                raise ValueError(f"surrogate_width must be a number or 'auto', not {self.surrogate_width!r}") from None
+                raise ConfigError(f"surrogate_width must be a number or 'auto', not {self.surrogate_width!r}") from None
         if not self.is_resnet and (self.ann or self.temporal_window is not None):
-            raise ValueError(f"ann and temporal_window need a ResNet arch ({', '.join(RESNET_ARCHS)}), not "
+            raise ConfigError(f"ann and temporal_window need a ResNet arch ({', '.join(RESNET_ARCHS)}), not "
                              f"{self.arch!r}")
         if self.ann and self.surrogate_width == "auto":
-            raise ValueError("surrogate_width 'auto' measures spiking neurons; the ANN twin (ann) has none")
+            raise ConfigError("surrogate_width 'auto' measures spiking neurons; the ANN twin (ann) has none")
+        if not self.is_resnet:
+            try:
+                ARCHITECTURES.get(self.arch) or Architecture.parse(self.arch)
+            except ValueError as exc:
+                raise ConfigError(f"arch {self.arch!r} is neither a ResNet ({', '.join(RESNET_ARCHS)}) nor a chain "
+                                  f"({', '.join(ARCHITECTURES)} or a string like c8s2w8-c16s2w4-d10w4): {exc}") from None
         if self.checkpoint_every < 0:
-            raise ValueError(f"checkpoint_every must be >= 0 steps, not {self.checkpoint_every}")
+            raise ConfigError(f"checkpoint_every must be >= 0 steps, not {self.checkpoint_every}")
         return self
 
 
@@ -154,7 +164,7 @@ PRESETS: dict[str, TrainConfig] = {
 def preset(name: str, **overrides) -> TrainConfig:
     """A copy of a preset config with some fields replaced."""
     if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+        raise ConfigError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
     for alias, field_name in _ALIASES.items():
         if alias in overrides:
             overrides[field_name] = overrides.pop(alias)
@@ -205,7 +215,7 @@ def _setup_distributed(config: TrainConfig) -> _Dist:
     """Join the process group that torchrun describes (RANK, WORLD_SIZE, LOCAL_RANK): nccl on CUDA, gloo on CPU."""
     want_cuda = config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available())
     if config.device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' was asked for but torch sees no CUDA device; use --device cpu or auto")
+        raise ConfigError("device 'cuda' was asked for but torch sees no CUDA device; use --device cpu or auto")
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return _Dist(device=torch.device("cuda" if want_cuda else "cpu"))
@@ -307,7 +317,7 @@ def build_model(config: TrainConfig, quantized: bool, input_shape=(1, 28, 28), c
     width = float(config.surrogate_width if surrogate_width is None else surrogate_width)
     if not config.is_resnet:
         if tuple(input_shape) != (1, 28, 28) or classes != 10:
-            raise ValueError(f"arch {config.arch!r} is a chain for 1x28x28 images and 10 classes, but dataset "
+            raise ConfigError(f"arch {config.arch!r} is a chain for 1x28x28 images and 10 classes, but dataset "
                              f"{config.dataset!r} has {'x'.join(map(str, input_shape))} images and {classes} "
                              f"classes; use a ResNet (--arch {' | '.join(RESNET_ARCHS)})")
         return spiking_net(config.arch, time_steps=config.time_steps, quantized=quantized,
@@ -463,7 +473,7 @@ def _train(config: TrainConfig, dist: _Dist) -> dict:
         saved_key, key = state["config_key"], _config_key(config)
         if saved_key != key:
             diff = sorted(k for k in set(key) | set(saved_key) if saved_key.get(k) != key.get(k))
-            raise RuntimeError(f"{out} holds a run with a different config (differs in {', '.join(diff)}); use "
+            raise ConfigError(f"{out} holds a run with a different config (differs in {', '.join(diff)}); use "
                                "another --out or delete that folder to start over")
         log(f"resuming from {state_path}: {state['epochs_done']}/{total_epochs} epochs"
             + (f" and {state['step']} steps of the next" if state.get("step") else "") + " done")
@@ -480,7 +490,7 @@ def _train(config: TrainConfig, dist: _Dist) -> dict:
 
     amp_dtype = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[config.amp]
     if amp_dtype is torch.float16 and device.type != "cuda":
-        raise RuntimeError("amp 'fp16' needs a CUDA device; use --amp bf16 on the CPU, or --amp off")
+        raise ConfigError("amp 'fp16' needs a CUDA device; use --amp bf16 on the CPU, or --amp off")
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype is torch.float16)
 
     def autocast():

@@ -59,6 +59,18 @@ def test_missing_dataset_folder_is_one_sentence(tmp_path, capsys):
     assert "nowhere" in err and err.startswith("spikeforge: error: ")
 
 
+@pytest.mark.parametrize("args, expected", [
+    (["--epochs", "0", "--qat-epochs", "0"], "at least one epoch"),
+    (["--arch", "c8x"], "arch 'c8x' is neither a ResNet"),
+    (["--dataset", "cifar10"], "cifar10 cannot be downloaded here: pass --data-dir"),
+])
+def test_train_refuses_bad_input_in_one_sentence(tmp_path, capsys, args, expected):
+    status = cli.main(["train", *args, "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert status == 2 and err.startswith("spikeforge: error: ") and expected in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
 def test_fpga_backend_reports_an_unopenable_port(tmp_path, capsys):
     net = netimage.save(random_network(2, input_shape=(1, 28, 28), layers=[("dense", 3)]), tmp_path / "n.sfnet")
     status = cli.main(["run", str(net), "--backend", "fpga", "--images", "2", "--port", str(tmp_path / "ttyNONE")])

@@ -85,7 +85,7 @@ def test_one_epoch_each_runs_end_to_end_and_resumes(tiny_mnist, tmp_path, monkey
     result = train_module.evaluate_checkpoint(tmp_path / "a" / "checkpoint.pt", x, y)
     assert result["accuracy"] == summary["qat_accuracy"]
     assert set(result["spike_counts"]) == {"conv1", "conv2"} and result["spike_counts"]["conv1"] > 0
-    with pytest.raises(RuntimeError, match="different config"):
+    with pytest.raises(train_module.ConfigError, match="different config"):
         train(tiny_config(tiny_mnist, tmp_path / "a", lr=1e-2))
 
 
@@ -246,7 +246,7 @@ def test_config_errors_are_one_sentence(fake_cifar, tmp_path):
         TrainConfig(ann=True).validate()
     with pytest.raises(ValueError, match="amp"):
         TrainConfig(amp="fp8").validate()
-    with pytest.raises(RuntimeError, match="fp16.*CUDA"):
+    with pytest.raises(train_module.ConfigError, match="fp16.*CUDA"):
         train(_resnet_config(fake_cifar / "c10", tmp_path / "y", amp="fp16", device="cpu"))
 
 
