@@ -204,6 +204,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("export", add_help=False,
                    help="fold BN and write the integer network file (.sfnet) from a checkpoint")
 
+    # results has its own parser too (spikeforge.sw.results.main)
+    sub.add_parser("results", add_help=False,
+                   help="write docs/results.md (and the accuracy-vs-T plot) from finished training runs")
+
     p = sub.add_parser("inspect", help="print a network file's populations, widths and memory estimate")
     p.add_argument("network", help="network file (.sfnet)")
     p.set_defaults(func=cmd_inspect)
@@ -244,7 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # subcommands with their own parsers: main() hands them the arguments directly
-DELEGATED = {"gradflow": "spikeforge.sw.gradflow", "train": "spikeforge.sw.train", "export": "spikeforge.sw.export"}
+DELEGATED = {"gradflow": "spikeforge.sw.gradflow", "train": "spikeforge.sw.train", "export": "spikeforge.sw.export",
+             "results": "spikeforge.sw.results"}
 
 
 def main(argv=None) -> int:

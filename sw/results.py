@@ -1,7 +1,7 @@
 """docs/results.md from finished training runs: every figure comes from a run's ``summary.json`` (written by
 ``spikeforge train``) or is measured here, next to the command that reproduces it.
 
-    python -m spikeforge.sw.results build/train build/fmnist-r8 ... [--accuracy-vs-t build/train]
+    spikeforge results build/train build/fmnist-r8 ... [--accuracy-vs-t build/train]
                                     [--out docs/results.md] [--png docs/accuracy_vs_T.png]
 
 Per run: dataset, model, T, epochs, train images, wall time, float / QAT / deployed integer accuracy. ANN-twin runs
@@ -16,11 +16,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["load_runs", "train_command", "accuracy_vs_t", "plot_accuracy_vs_t", "render", "main", "TARGETS"]
+__all__ = ["ResultsError", "load_runs", "train_command", "accuracy_vs_t", "plot_accuracy_vs_t", "render", "main", "TARGETS"]
 
 TARGETS = {"mnist": 0.994, "fashion-mnist": 0.935}  # deployed integer accuracy at T=10 (issue 3)
 _NOT_FLAGS = {"progress", "threads", "eval_batch"}  # do not change the result
@@ -111,10 +112,10 @@ def _key(run: dict) -> tuple:
     return cfg["dataset"], cfg["arch"], cfg.get("width"), cfg.get("bn")
 
 
-def render(runs: list[dict], curve: dict | None = None) -> str:
-    """The Markdown of docs/results.md."""
+def render(runs: list[dict], curve: dict | None = None, command: str = "spikeforge results ...") -> str:
+    """The Markdown of docs/results.md; ``command`` is the line that wrote it."""
     lines = ["# Results", "",
-             "Produced by `python -m spikeforge.sw.results` from the runs' `summary.json` files (do not edit by hand;",
+             f"Produced by `{command}` from the runs' `summary.json` files (do not edit by hand;",
              "rerun it). Accuracies are on the full test set unless the images column says otherwise; wall times",
              "are this machine's (2 CPU cores, no GPU) and include the machine's load at the time.", "",
              "| run | dataset | model | T | epochs float+QAT | train images | train wall | float | QAT | deployed "
@@ -141,8 +142,8 @@ def render(runs: list[dict], curve: dict | None = None) -> str:
     if curve:
         lines += ["", f"## Accuracy vs T ({curve['run']})", "",
                   f"The deployed network of `{curve['run']}` (trained at T={curve['trained_t']}) run by the integer "
-                  f"reference at T = 1..{max(curve['steps'])} on {curve['images']} test images: "
-                  f"`python -m spikeforge.sw.results ... --accuracy-vs-t {curve['run']}`.", "",
+                  f"reference at T = 1..{max(curve['steps'])} on {curve['images']} test images, by "
+                  "the command above.", "",
                   "| T | " + " | ".join(str(t) for t in curve["steps"]) + " |",
                   "|---|" + "---|" * len(curve["steps"]),
                   "| accuracy | " + " | ".join(f"{100 * a:.2f}" for a in curve["accuracies"]) + " |", "",
@@ -160,7 +161,7 @@ def render(runs: list[dict], curve: dict | None = None) -> str:
 
 
 def main(argv=None) -> str:
-    p = argparse.ArgumentParser(prog="python -m spikeforge.sw.results",
+    p = argparse.ArgumentParser(prog="spikeforge results",
                                 description="Write docs/results.md (and the accuracy-vs-T plot) from training runs.")
     p.add_argument("runs", nargs="+", help="run folders (each a `spikeforge train --out`) holding summary.json")
     p.add_argument("--out", default="docs/results.md")
@@ -169,11 +170,9 @@ def main(argv=None) -> str:
     p.add_argument("--png", default="docs/accuracy_vs_T.png")
     p.add_argument("--images", type=int, default=None, help="test images for the accuracy-vs-T curve (all: none)")
     p.add_argument("--data-dir", default=None, help="dataset folder of that run, if not the packaged one")
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = p.parse_args(argv)
-    try:
-        runs = load_runs(args.runs)
-    except ResultsError as exc:
-        raise SystemExit(f"spikeforge results: {exc}") from None
+    runs = load_runs(args.runs)  # ResultsError: the `spikeforge` command prints its sentence
     curve = None
     if args.accuracy_vs_t:
         from spikeforge import netimage
@@ -192,7 +191,7 @@ def main(argv=None) -> str:
         rel = png.resolve().relative_to(out_dir) if png.resolve().is_relative_to(out_dir) else png
         curve = {"run": args.accuracy_vs_t, "steps": steps, "accuracies": accs, "images": len(y),
                  "trained_t": run["time_steps"], "png": str(rel)}
-    text = render(runs, curve)
+    text = render(runs, curve, " ".join(["spikeforge results", *argv]))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(text)
     print(text)
@@ -200,4 +199,7 @@ def main(argv=None) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except ResultsError as exc:
+        sys.exit(f"spikeforge results: {exc}")

@@ -52,7 +52,7 @@ def test_render_pairs_the_ann_twin_and_checks_the_targets():
 
 
 def test_missing_run_folder_is_one_sentence(tmp_path):
-    with pytest.raises(SystemExit, match=r"nowhere: no summary.json; .*spikeforge train --out .*nowhere"):
+    with pytest.raises(results.ResultsError, match=r"nowhere: no summary.json; .*spikeforge train --out .*nowhere"):
         results.main([str(tmp_path / "nowhere"), "--out", str(tmp_path / "r.md")])
 
 
@@ -76,3 +76,16 @@ def test_accuracy_vs_t_of_the_trained_demo_network(tmp_path):
     # one step of a network trained for ten is a poor classifier; ten steps are a good one
     assert accs[0] < accs[9] - 0.05 and accs[9] > 0.9
     assert np.all(np.isfinite(accs))
+
+
+def test_the_cli_names_the_command_that_wrote_the_page(tmp_path, capsys):
+    from spikeforge import cli
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "summary.json").write_text(json.dumps(_summary("mnist", "demo", 0.9834, 0.9832)))
+    out = tmp_path / "results.md"
+    assert cli.main(["results", str(run), "--out", str(out)]) == 0
+    assert f"Produced by `spikeforge results {run} --out {out}`" in out.read_text()
+    assert cli.main(["results", str(tmp_path / "nowhere"), "--out", str(out)]) == 2
+    assert "nowhere: no summary.json" in capsys.readouterr().err
