@@ -10,6 +10,14 @@ from spikeforge.netgen import random_network
 from spikeforge.sw import reference
 
 
+def _images_with_pixels(counts) -> np.ndarray:
+    """One 1x6x6 image per count k: k randomly placed pixels of value 200, the rest 0."""
+    images = np.zeros((len(counts), 1, 6, 6), np.uint8)
+    for image, k in zip(images, counts):
+        image.reshape(-1)[np.random.default_rng(k).permutation(36)[:k]] = 200
+    return images
+
+
 def test_sparse_input_costs_fewer_cycles_than_dense():
     net = random_network(3, input_shape=(1, 8, 8), layers=[("conv", 4, 3, 1, 1), ("dense", 5)], time_steps=4)
     images = np.stack([np.zeros((1, 8, 8), np.uint8), np.full((1, 8, 8), 255, np.uint8)])
@@ -40,12 +48,7 @@ def test_accumulate_cycles_track_event_count():
     T, n_out = 4, 16
     net = random_network(3, input_shape=(1, 6, 6), layers=[("dense", n_out)], time_steps=T)
     counts = (0, 8, 16, 24, 36)
-    images = []
-    for k in counts:
-        image = np.zeros((1, 6, 6), np.uint8)
-        image.reshape(-1)[np.random.default_rng(k).permutation(36)[:k]] = 200
-        images.append(image)
-    cycles = rtl_run(net, np.stack(images)).cycles
+    cycles = rtl_run(net, _images_with_pixels(counts)).cycles
     assert cycles[0] * 10 < cycles[-1], cycles
     for i in range(1, len(counts) - 1):
         want = T * n_out * (counts[i + 1] - counts[i])
@@ -75,12 +78,7 @@ def test_join_cycles_add_up_over_projections():
     net = random_residual_network(3, input_shape=(1, 6, 6), layers=[("dense", 16, [("dense", 0)])], time_steps=T)
     assert len(net.readout.projections) == 2
     counts = (0, 12, 24, 36)
-    images = []
-    for k in counts:
-        image = np.zeros((1, 6, 6), np.uint8)
-        image.reshape(-1)[np.random.default_rng(k).permutation(36)[:k]] = 200
-        images.append(image)
-    cycles = rtl_run(net, np.stack(images)).cycles
+    cycles = rtl_run(net, _images_with_pixels(counts)).cycles
     for i in range(1, len(counts) - 1):
         want = T * 32 * (counts[i + 1] - counts[i])
         got = cycles[i + 1] - cycles[i]

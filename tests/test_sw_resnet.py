@@ -14,6 +14,7 @@ from spikeforge.sw.export import ExportError
 from spikeforge.sw.export_resnet import export_resnet
 from spikeforge.sw.resnet import (BasicBlock, Bottleneck, ConvBN, SpikingResNet, lif_neuron, resnet8, resnet10,
                                   resnet18, resnet50)
+from test_sw_export import _set_weights as set_exact_weights
 
 # exact_resnet's downsample scales widen shortcut projections on purpose; the join test checks that warning
 pytestmark = pytest.mark.filterwarnings("ignore:export_resnet:UserWarning")
@@ -23,12 +24,8 @@ SCALE = 0.125  # every weight scale: a power of two, so that float products stay
 
 
 def _set_weights(layer, rng, wmax=7):
-    """Integer weights in [-wmax, wmax] with a +-wmax in every output channel: Brevitas' max-abs scale is SCALE."""
-    w = rng.integers(-wmax, wmax + 1, size=layer.weight.shape)
-    w.reshape(w.shape[0], -1)[:, 0] = wmax * rng.choice([-1, 1], size=w.shape[0])
-    layer.weight.data = torch.tensor(w * SCALE, dtype=torch.float32)
-    q = layer.quant_weight()
-    assert torch.all(q.scale == SCALE) and torch.equal(q.int().long(), torch.tensor(w)), "scale is not exact"
+    """Integer weights in [-wmax, wmax] whose Brevitas max-abs scale is exactly SCALE (test_sw_export's helper)."""
+    set_exact_weights(layer, rng, SCALE, wmax)
 
 
 def _set_bn(bn, a, d):
