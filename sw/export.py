@@ -55,6 +55,7 @@ def load_model(checkpoint) -> tuple[torch.nn.Module, dict]:
         model = build_model(config, quantized=True, input_shape=tuple(ckpt["input_shape"]), classes=ckpt["classes"],
                             surrogate_width=None if config.ann else float(cfg["surrogate_width"]))
         model.load_state_dict(ckpt["model"])
+        model.set_deploy_aware(bool(ckpt.get("deploy_aware", False)))
         return model.eval(), {**cfg, "input_shape": list(ckpt["input_shape"])}
     model = spiking_net(cfg["arch"], time_steps=cfg["time_steps"], quantized=True, surrogate=cfg["surrogate"],
                         width=cfg["surrogate_width"], leak_shift=cfg["leak_shift"])

@@ -14,11 +14,11 @@ import torch
 
 from spikeforge.netimage import Network, Population, Projection, signed_bits_for, signed_range, validate
 
-from .bn import BNFoldError, bn_affine
+from .bn import BNFoldError
 from .export import VBITS_MAX, ExportError, _set_widths, _worst_case_range
-from .folding import fold_channels, zero_scale_threshold
 from .model import PIXEL_MAX, weight_scale
 from .resnet import BasicBlock, ConvBN, SpikingResNet
+from .resnet_fold import fold_population
 
 __all__ = ["export_resnet", "ExportError", "MAX_WBITS"]
 
@@ -33,15 +33,6 @@ def _int_weights(conv: torch.nn.Module, where: str) -> tuple[torch.Tensor, torch
     return ws
 
 
-def _affine(term: ConvBN, threshold: float, where: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """BN(I) = a I + d, divided by the float neuron's threshold so that the neuron fires at >= 1."""
-    try:
-        a, d = bn_affine(term.bn)
-    except BNFoldError as exc:
-        raise ExportError(f"'{where}': {exc}") from None
-    return a.double() / threshold, d.double() / threshold
-
-
 def _wbits(layer: torch.nn.Module) -> int:
     return int(layer.quant_weight().bit_width)
 
@@ -53,35 +44,24 @@ def _fits(weight: torch.Tensor, wbits: int) -> int:
     return max(wbits, signed_bits_for(int(weight.min()), int(weight.max())))
 
 
-def _integer_unit(a: torch.Tensor, unit: torch.Tensor) -> torch.Tensor:
-    """u_c = |a_c| * unit_c, the float value of one integer step of channel c; a zero-scale channel gets the scale
-    of the threshold fold_channels gives it (the layer's largest, theta_z): u_c = 1 / theta_z."""
-    zero = a == 0
-    scaled = a.abs() * unit
-    theta_zero = zero_scale_threshold(1.0 / torch.where(zero, torch.ones_like(scaled), scaled), zero)
-    return torch.where(zero, 1.0 / theta_zero.to(scaled.dtype), scaled)
-
-
 @torch.no_grad()
 def _fold_population(name: str, main: tuple[ConvBN, int, float], neuron, *, shortcut=None,
                      notes: list[str]) -> tuple[list[Projection], np.ndarray, np.ndarray]:
-    """Projections, bias and threshold of one population.
+    """Projections, bias and threshold of one population (the arithmetic is sw/resnet_fold.py's).
 
     ``main`` is (conv+BN, source index, source unit: 1/255 for pixels, 1 for spikes). ``shortcut`` is None,
     ("identity", source index, channels) or (conv+BN, source index, 1.0) for a residual join.
     """
     threshold = float(getattr(neuron, "threshold", 1.0))
     term, source, source_unit = main
-    w_int, s_w = _int_weights(term.conv, f"{name} (main conv)")
-    a, d = _affine(term, threshold, name)
-    unit = s_w.double() * source_unit
-    extra_d = torch.zeros_like(d)
+    w_int, _ = _int_weights(term.conv, f"{name} (main conv)")
     if shortcut is not None and shortcut[0] != "identity":
-        sc_a, sc_d = _affine(shortcut[0], threshold, f"{name} (shortcut BN)")
-        extra_d = sc_d
-    sign, theta, bias = fold_channels(a, d + extra_d, unit)
-    u = _integer_unit(a, unit)
-    weight = sign.view(-1, 1, 1, 1).to(torch.int64) * w_int
+        _int_weights(shortcut[0].conv, f"{name} (shortcut conv)")
+    try:
+        folded = fold_population(term, source_unit, threshold, None if shortcut is None else shortcut[0])
+    except BNFoldError as exc:
+        raise ExportError(f"'{name}': {exc}") from None
+    weight = folded.sign.view(-1, 1, 1, 1).to(torch.int64) * w_int
     wbits = _wbits(term.conv)
     lo, hi = signed_range(wbits)
     if weight.numel() and (weight.min() < lo or weight.max() > hi):
@@ -92,16 +72,13 @@ def _fold_population(name: str, main: tuple[ConvBN, int, float], neuron, *, shor
     if shortcut is not None:
         if shortcut[0] == "identity":
             _, sc_source, channels = shortcut
-            diagonal = torch.round(1.0 / u).to(torch.int64)
-            sc_weight = torch.diag_embed(diagonal).reshape(channels, channels, 1, 1)
+            sc_weight = torch.diag_embed(folded.shortcut.to(torch.int64)).reshape(channels, channels, 1, 1)
             # no trained width to keep: the identity gets the width its diagonal needs
             stride, padding, what = (1, 1), (0, 0), "identity shortcut (diagonal 1x1, round(1/u_c))"
             sc_wbits = _fits(sc_weight, 2)
         else:
             sc_term, sc_source, _ = shortcut
-            sc_int, sc_scale = _int_weights(sc_term.conv, f"{name} (shortcut conv)")
-            factor = sc_a * sc_scale.double() / u  # the shortcut's value of one integer weight step, in units u_c
-            sc_weight = torch.round(factor.view(-1, 1, 1, 1) * sc_int.double()).to(torch.int64)
+            sc_weight = folded.shortcut.to(torch.int64)
             stride, padding = tuple(sc_term.conv.stride), tuple(sc_term.conv.padding)
             sc_wbits, what = _wbits(sc_term.conv), "shortcut conv requantized to the main branch's scale"
         need = _fits(sc_weight, sc_wbits)
@@ -112,7 +89,7 @@ def _fold_population(name: str, main: tuple[ConvBN, int, float], neuron, *, shor
             notes.append(f"{name}: {what} widened from {sc_wbits} to {need} weight bits")
         projections.append(Projection(source=sc_source, kind="conv2d", weight=sc_weight.numpy().astype(np.int64),
                                       wbits=need, stride=stride, padding=padding))
-    return projections, bias.to(torch.int64).numpy(), theta.to(torch.int64).numpy()
+    return projections, folded.bias.to(torch.int64).numpy(), folded.threshold.to(torch.int64).numpy()
 
 
 @torch.no_grad()

@@ -13,12 +13,16 @@ from typing import Callable, Sequence
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
-from .bn import make_bn
+from .bn import BNTT, make_bn
+from .folding import round_ste
+from .model import PIXEL_MAX
 from .neuron import LIF, Surrogate
+from .resnet_fold import fold_population, quantized_weights
 
 __all__ = ["STEMS", "NeuronFactory", "lif_neuron", "ReLUNeuron", "conv_layer", "readout_layer", "over_time", "ConvBN",
-           "BasicBlock", "Bottleneck", "SpikingResNet", "resnet8", "resnet10", "resnet18", "resnet34", "resnet50",
+           "deployed_current", "BasicBlock", "Bottleneck", "SpikingResNet", "resnet8", "resnet10", "resnet18", "resnet34", "resnet50",
            "RESNETS"]
 
 STEMS = ("cifar", "imagenet", "imagenet_conv")
@@ -94,6 +98,32 @@ class ConvBN(nn.Module):
         return self.bn.forward_static(self.conv(image), time_steps)
 
 
+def deployed_current(term: ConvBN, conv_out: torch.Tensor, source_unit: float, threshold: float, *,
+                     shortcut: ConvBN | str | None = None, shortcut_input: torch.Tensor | None = None) -> torch.Tensor:
+    """The current the deployed integer population integrates, on the float neuron's scale, with straight-through
+    rounding (deploy-aware QAT): ``threshold * (sign * W_int x + shortcut_int + bias) / theta``.
+
+    ``conv_out`` is the main quantized conv's output (``[N, C, H, W]`` or ``[T, B, C, H, W]``), ``shortcut`` None,
+    ``"identity"`` or the shortcut's ConvBN applied to ``shortcut_input`` (same leading shape); the integer
+    parameters come from sw/resnet_fold.py, the exporter's own arithmetic.
+    """
+    folded = fold_population(term, source_unit, threshold, shortcut, train=True)
+
+    def per_channel(t: torch.Tensor) -> torch.Tensor:
+        return t.view(-1, 1, 1)
+
+    # W_int x is an integer (integer weights, integer pixels or spikes): rounding only removes the float error of
+    # conv_out / unit, and passes the gradient straight through
+    current = round_ste(per_channel(folded.sign) * conv_out / per_channel(folded.unit)) + per_channel(folded.bias)
+    if shortcut == "identity":
+        current = current + per_channel(folded.shortcut) * shortcut_input
+    elif shortcut is not None:
+        conv = shortcut.conv
+        current = current + over_time(
+            lambda z: F.conv2d(z, folded.shortcut, None, conv.stride, conv.padding), shortcut_input)
+    return threshold * current / per_channel(folded.threshold)
+
+
 class _Block(nn.Module):
     """What both block types share: the spikes of every population they hold, recorded by ``forward``."""
 
@@ -109,6 +139,20 @@ class _Block(nn.Module):
                                      self._bn(out_channels, join=True))
         self.record = False
         self.recorded: dict[str, torch.Tensor] = {}
+        self.deploy_aware = False
+
+    def current(self, term: ConvBN, x: torch.Tensor) -> torch.Tensor:
+        """A (non-join) population's current from spikes x: BN(conv(x)), or the deployed form when deploy-aware."""
+        if not self.deploy_aware:
+            return term(x)
+        return deployed_current(term, over_time(term.conv, x), 1.0, self._threshold)
+
+    def join(self, term: ConvBN, s: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The residual join's current: main path ``term`` on s plus the shortcut on the block input x."""
+        if not self.deploy_aware:
+            return term(s) + self.shortcut(x)
+        return deployed_current(term, over_time(term.conv, s), 1.0, self._threshold,
+                                shortcut=self.downsample or "identity", shortcut_input=x)
 
     def _bn(self, channels: int, join: bool = False) -> nn.Module:
         return make_bn(self._bn_kind, channels, time_steps=self._time_steps, join=join, threshold=self._threshold)
@@ -137,8 +181,8 @@ class BasicBlock(_Block):
         self.neuron2 = neuron()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        s1 = self._keep("conv1", self.neuron1(self.conv1(x)))
-        return self._keep("out", self.neuron2(self.conv2(s1) + self.shortcut(x)))
+        s1 = self._keep("conv1", self.neuron1(self.current(self.conv1, x)))
+        return self._keep("out", self.neuron2(self.join(self.conv2, s1, x)))
 
 
 class Bottleneck(_Block):
@@ -159,9 +203,9 @@ class Bottleneck(_Block):
         self.neuron3 = neuron()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        s1 = self._keep("conv1", self.neuron1(self.conv1(x)))
-        s2 = self._keep("conv2", self.neuron2(self.conv2(s1)))
-        return self._keep("out", self.neuron3(self.conv3(s2) + self.shortcut(x)))
+        s1 = self._keep("conv1", self.neuron1(self.current(self.conv1, x)))
+        s2 = self._keep("conv2", self.neuron2(self.current(self.conv2, s1)))
+        return self._keep("out", self.neuron3(self.join(self.conv3, s2, x)))
 
 
 class SpikingResNet(nn.Module):
@@ -195,6 +239,7 @@ class SpikingResNet(nn.Module):
         self.time_steps = 1 if ann else int(time_steps)
         neuron = ReLUNeuron if ann else (neuron or lif_neuron())
         threshold = float(getattr(neuron(), "threshold", 1.0))
+        self.threshold, self.wbits, self.deploy_aware = threshold, wbits, False
         stem_wbits = (8 if wbits is not None else None) if stem_wbits is None else stem_wbits
         readout_wbits = wbits if readout_wbits is None else readout_wbits
         kw = dict(time_steps=self.time_steps, threshold=threshold)
@@ -239,19 +284,26 @@ class SpikingResNet(nn.Module):
         T = self.time_steps if self.ann else (time_steps or self.time_steps)
         spikes: dict[str, torch.Tensor] = {}
         if images01.ndim == 4:
-            current = self.stem.forward_static(images01, T)
+            if self.deploy_aware:
+                current = deployed_current(self.stem, self.stem.conv(images01), 1.0 / PIXEL_MAX, self.threshold)
+                current = current.unsqueeze(0).expand(T, *current.shape)
+            else:
+                current = self.stem.forward_static(images01, T)
         elif images01.ndim == 5:
             if self.ann and images01.shape[0] != 1:
                 raise ValueError("the ANN twin takes static images [B, C, H, W], not a sequence")
             T = images01.shape[0]
-            current = self.stem(images01)
+            current = deployed_current(self.stem, over_time(self.stem.conv, images01), 1.0 / PIXEL_MAX,
+                                       self.threshold) if self.deploy_aware else self.stem(images01)
         else:
             raise ValueError(f"images must be [B, C, H, W] or [T, B, C, H, W], not {list(images01.shape)}")
         x = spikes["stem"] = self.stem_neuron(current)
         if self.maxpool is not None:
             x = over_time(self.maxpool, x)
         if self.stem_pool is not None:
-            x = spikes["stem_pool"] = self.stem_pool_neuron(self.stem_pool(x))
+            current = deployed_current(self.stem_pool, over_time(self.stem_pool.conv, x), 1.0, self.threshold) \
+                if self.deploy_aware else self.stem_pool(x)
+            x = spikes["stem_pool"] = self.stem_pool_neuron(current)
         for i, stage in enumerate(self.stages, 1):
             for j, blk in enumerate(stage):
                 blk.record, blk.recorded = record, {}
@@ -259,8 +311,35 @@ class SpikingResNet(nn.Module):
                 for name, s in blk.recorded.items():
                     spikes[f"layer{i}.{j}" + ("" if name == "out" else f".{name}")] = s
                 blk.record, blk.recorded = False, {}
-        v = over_time(self.fc, x.mean(dim=(-2, -1))).sum(0)
+        area = x.shape[-2] * x.shape[-1]
+        v = over_time(lambda pooled: self._readout(pooled, area), x.mean(dim=(-2, -1))).sum(0)
         return SimpleNamespace(logits=v / T, readout=v, spikes=spikes if record else {})
+
+    def _readout(self, pooled: torch.Tensor, area: int) -> torch.Tensor:
+        if not (self.deploy_aware and self.fc.bias is not None):
+            return self.fc(pooled)
+        # the exporter's readout bias is round(b * H * W / s_fc), in units of s_fc / (H * W) (H x W: last spikes)
+        _, scale = quantized_weights(self.fc, train=True)
+        bias = scale * round_ste(self.fc.bias * area / scale) / area
+        return F.linear(pooled, self.fc.quant_weight().value, bias)
+
+    def set_deploy_aware(self, enabled: bool = True) -> "SpikingResNet":
+        """Train with the exporter's integer arithmetic in the loop: every population integrates the deployed
+        current (rounded thresholds and biases, requantized shortcuts; sw/resnet_fold.py) and the readout the
+        rounded bias. BN must be in eval mode (frozen statistics) while this is on."""
+        if enabled:
+            if self.ann or self.wbits is None:
+                raise ValueError("deploy-aware training needs a quantized spiking model (wbits set, ann=False)")
+            if any(isinstance(m, BNTT) for m in self.modules()):
+                raise ValueError("a BNTT model has no single integer threshold per channel to train against; "
+                                 "use bn='shared' or bn='tdbn'")
+            if self.maxpool is not None:
+                raise ValueError("the 'imagenet' stem's max-pool is not deployable; use stem='imagenet_conv'")
+        self.deploy_aware = bool(enabled)
+        for stage in self.stages:
+            for blk in stage:
+                blk.deploy_aware = bool(enabled)
+        return self
 
     def forward(self, images01: torch.Tensor) -> torch.Tensor:
         return self.run(images01).logits

@@ -65,7 +65,7 @@ class TrainConfig:
     surrogate_width: float | str = 0.5    # or "auto": sw.gradflow.auto_width picks one of AUTO_WIDTHS at the start
     leak_shift: int | None = None         # None = integrate-and-fire
     augment_shift: int = 1                # MNIST-style: random translation of +-n pixels (zero fill), train only
-    deploy_aware: bool = True             # QAT with the exporter's rounded thresholds/biases in the loop (chain)
+    deploy_aware: bool = True             # QAT with the exporter's integer arithmetic in the loop (no BNTT/ANN)
     bn_calibration_batches: int = 50      # BN statistics re-measured on the quantized weights before QAT
     seed: int = 0
     out: str = "build/train"
@@ -498,6 +498,10 @@ def _train(config: TrainConfig, dist: _Dist) -> dict:
             return contextlib.nullcontext()
         return torch.autocast(device.type, dtype=amp_dtype)
 
+    # QAT with the exporter's integer arithmetic in the loop; not for what has no integer form (ANN twin, BNTT,
+    # the max-pool stem)
+    deploy_aware = config.deploy_aware and not (config.is_resnet and (
+        config.ann or config.bn == "bntt" or config.stem == "imagenet"))
     model = opt = sched = None
     runner = None  # what the loop calls: the model, wrapped in DDP and/or torch.compile
     phase = None
@@ -512,8 +516,8 @@ def _train(config: TrainConfig, dist: _Dist) -> dict:
         opt = _optimizer(config, model, config.lr if new_phase == "float" else config.lr_qat)
         steps = steps_per_epoch * (config.epochs_float if new_phase == "float" else config.epochs_qat)
         sched = _scheduler(config, opt, new_phase, steps)
-        if new_phase == "qat" and hasattr(model, "set_deploy_aware"):
-            model.set_deploy_aware(config.deploy_aware)
+        if new_phase == "qat" and deploy_aware:
+            model.set_deploy_aware(True)
         runner = None
 
     def get_runner():
@@ -529,18 +533,15 @@ def _train(config: TrainConfig, dist: _Dist) -> dict:
                 runner = torch.compile(runner, dynamic=False)  # static shapes: at most 2 per phase (last batch)
         return runner
 
-    deploy_aware = config.deploy_aware and not config.is_resnet  # the chain's rounded-BN QAT
 
     def model_for_qat_start(float_state: dict | None):
         # the QAT model starts from the float weights (same parameter names); BN re-measured on quantized weights
         if float_state is not None:
             model.load_state_dict(float_state)
-        if deploy_aware:
-            model.set_deploy_aware(False)
+        if config.bn_calibration_batches > 0:
+            model.set_deploy_aware(False)  # the statistics of plain BN on the quantized weights
             _recalibrate_bn(model, x_train, config, torch.Generator().manual_seed(config.seed + 7919), device)
-            model.set_deploy_aware(True)
-        elif config.is_resnet and config.bn_calibration_batches > 0:
-            _recalibrate_bn(model, x_train, config, torch.Generator().manual_seed(config.seed + 7919), device)
+            model.set_deploy_aware(deploy_aware)
 
     # restore the phase in progress (the saved model belongs to the phase of the next epoch to run)
     resume_step, resume = 0, None
@@ -650,7 +651,7 @@ def _train(config: TrainConfig, dist: _Dist) -> dict:
     qat_acc = evaluate(model, x_test, y_test, config.eval_batch, device=device, dist=eval_dist)
     # the same weights with plain float BN (no rounded thresholds/biases): what deploy-aware training absorbed
     qat_unrounded_acc = None
-    if hasattr(model, "set_deploy_aware"):
+    if deploy_aware:
         model.set_deploy_aware(False)
         qat_unrounded_acc = evaluate(model, x_test, y_test, config.eval_batch, device=device, dist=eval_dist)
         model.set_deploy_aware(deploy_aware)
@@ -751,7 +752,7 @@ _HELP = {
                        + ", ".join(map(str, AUTO_WIDTHS)) + ")",
     "leak_shift": "LIF leak V -= V / 2^k; none = integrate-and-fire",
     "augment_shift": "MNIST-style: random +-n pixel shifts in training",
-    "deploy_aware": "chain QAT with the exporter's rounded thresholds and biases in the loop (true/false)",
+    "deploy_aware": "QAT with the exporter's rounded thresholds, biases and shortcuts in the loop (true/false)",
     "bn_calibration_batches": "batches that re-measure BN statistics on the quantized weights before QAT",
     "seed": "the only source of randomness (init, order, augmentation)",
     "out": "output folder: last.pt (resumable state), checkpoint.pt, network.sfnet, summary.json",

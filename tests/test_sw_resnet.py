@@ -87,9 +87,10 @@ def tiny_imagenet_conv():
     return resnet8(width=0.25, num_classes=3, wbits=4, stem_wbits=4, time_steps=T, stem="imagenet_conv")
 
 
+@pytest.mark.parametrize("deploy_aware", [False, True])
 @pytest.mark.parametrize("build,size", [(tiny_basic, 8), (tiny_bottleneck, 8), (tiny_imagenet_conv, 16)])
-def test_float_resnet_equals_integer_reference_exactly(build, size):
-    model = exact_resnet(build())
+def test_float_resnet_equals_integer_reference_exactly(build, size, deploy_aware):
+    model = exact_resnet(build()).set_deploy_aware(deploy_aware)
     shape = (1, size, size)
     net = export_resnet(model, input_shape=shape)
     images = binary_images(1, 3, shape)
@@ -107,6 +108,38 @@ def test_float_resnet_equals_integer_reference_exactly(build, size):
     assert torch.equal(v_int, ref.readout.to(torch.float32)), "readout potentials differ"
     for k, pop in enumerate(net.populations[1:], 1):
         assert pop.acc_bits == netimage.required_acc_bits(net, k)
+
+
+def test_deploy_aware_forward_tracks_the_integer_reference():
+    """On a network whose folded numbers are NOT exact (BN statistics of random data, real pixels), the
+    deploy-aware forward (rounded thresholds, biases and shortcuts in the loop) spikes as the integer reference
+    does, where plain float BN drifts away from it."""
+    torch.manual_seed(1)
+    model = resnet8(width=0.5, num_classes=5, wbits=4, time_steps=T)
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.rand(32, 1, 12, 12))
+    model.eval()
+    images = (np.random.default_rng(1).random((64, 1, 12, 12)) * 256).astype(np.uint8)
+    ref = reference.run(export_resnet(model, input_shape=(1, 12, 12)), images, time_steps=T)
+    mismatch = {}
+    for deploy_aware in (False, True):
+        with torch.no_grad():
+            out = model.set_deploy_aware(deploy_aware).run(torch.tensor(images) / 255.0, record=True)
+        mismatch[deploy_aware] = [float((out.spikes[name] != ref.spikes[k].to(torch.float32)).float().mean())
+                                  for k, name in enumerate(model.population_names(), 1)]
+    assert sum(mismatch[False]) > 4 * sum(mismatch[True]), mismatch
+    assert max(mismatch[True]) < 1e-3, mismatch
+
+
+def test_deploy_aware_needs_an_integer_form():
+    with pytest.raises(ValueError, match="quantized spiking"):
+        resnet8(width=0.25).set_deploy_aware(True)
+    with pytest.raises(ValueError, match="quantized spiking"):
+        resnet8(width=0.25, wbits=4, ann=True).set_deploy_aware(True)
+    with pytest.raises(ValueError, match="BNTT"):
+        resnet8(width=0.25, wbits=4, bn="bntt", time_steps=2).set_deploy_aware(True)
+    resnet8(width=0.25, wbits=4, bn="bntt", time_steps=2).set_deploy_aware(False)  # switching off always works
 
 
 def test_join_populations_have_two_projections_on_one_scale(tmp_path):

@@ -185,6 +185,8 @@ def test_resnet_and_its_ann_twin_through_the_same_loop(fake_cifar, tmp_path, cap
     assert net.populations[0].shape == (3, 32, 32) and net.populations[-1].shape == (10,)
     ckpt = torch.load(tmp_path / "snn" / "checkpoint.pt", weights_only=False)
     assert ckpt["kind"] == "resnet" and ckpt["surrogate_width"] == snn["surrogate_width"]
+    # QAT ran with the exporter's arithmetic in the loop; the plain-BN accuracy of the same weights is reported too
+    assert ckpt["deploy_aware"] and snn["qat_unrounded_accuracy"] is not None
     # `spikeforge export` of the ResNet checkpoint rebuilds the model and writes the trainer's network again
     from spikeforge.cli import main as cli_main
     from spikeforge.sw.data import load_dataset
@@ -264,4 +266,5 @@ def test_command_line_has_help_for_every_flag(capsys):
 def test_bntt_trains_and_is_not_exported(fake_cifar, tmp_path):
     summary = train(_resnet_config(fake_cifar / "c10", tmp_path / "bntt", bn="bntt", epochs_qat=0))
     assert summary["deployed_accuracy"] is None and "BNTT" in summary["not_exported"]
+    assert not torch.load(tmp_path / "bntt" / "checkpoint.pt", weights_only=False)["deploy_aware"]
     assert 0.0 <= summary["qat_accuracy"] <= 1.0 and not (tmp_path / "bntt" / "network.sfnet").exists()
