@@ -107,6 +107,18 @@ def _model(run: dict) -> str:
     return name + (" exact BPTT" if window is None else " SLTT" if window == 1 else f" TBPTT k={window}")
 
 
+def _deploy_aware(run: dict) -> str:
+    """Whether the run's QAT had the exporter's integer arithmetic in the loop. summary.json says so since ResNets
+    got deploy-aware QAT; in older summaries the chain followed ``config.deploy_aware`` and ResNets never had it."""
+    cfg = run["config"]
+    if cfg.get("ann"):
+        return "-"
+    known = run.get("deploy_aware_qat")
+    if known is None:
+        known = bool(cfg.get("deploy_aware")) and not str(cfg.get("arch", "")).startswith("resnet")
+    return "yes" if known else "no"
+
+
 def _key(run: dict) -> tuple:
     cfg = run["config"]
     return cfg["dataset"], cfg["arch"], cfg.get("width"), cfg.get("bn")
@@ -119,14 +131,14 @@ def render(runs: list[dict], curve: dict | None = None, command: str = "spikefor
              "rerun it). Accuracies are on the full test set unless the images column says otherwise; wall times",
              "are this machine's (2 CPU cores, no GPU) and include the machine's load at the time.", "",
              "| run | dataset | model | T | epochs float+QAT | train images | train wall | float | QAT | deployed "
-             "integer | test images |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "integer | test images | deploy-aware QAT |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in runs:
         cfg, sec = r["config"], r.get("seconds", {})
         wall = (sec.get("float_s", 0) + sec.get("qat_s", 0)) / 60
         lines.append(f"| `{r['run']}` | {cfg['dataset']} | {_model(r)} | {r['time_steps']} | "
                      f"{cfg['epochs_float']}+{cfg['epochs_qat']} | {r['train_images']} | {wall:.1f} min | "
                      f"{_pct(r['float_accuracy'])} | {_pct(r['qat_accuracy'])} | {_pct(r.get('deployed_accuracy'))} | "
-                     f"{r.get('deployed_images', r['test_images'])} |")
+                     f"{r.get('deployed_images', r['test_images'])} | {_deploy_aware(r)} |")
     lines += ["", "Commands (each run's folder is its `--out`):", ""]
     lines += [f"- `{r['run']}`: `{train_command({**r['config'], 'out': r['run']})}`" for r in runs]
     pairs = [(snn, ann) for ann in runs if ann["config"].get("ann")

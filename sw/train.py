@@ -661,7 +661,8 @@ def _train(config: TrainConfig, dist: _Dist) -> dict:
         "time_steps": 1 if config.ann else config.time_steps, "surrogate_width": None if config.ann else
         surrogate_width, "train_images": int(len(x_train)), "test_images": int(len(x_test)),
         "world_size": dist.world, "float_accuracy": float_acc, "qat_accuracy": qat_acc,
-        "qat_unrounded_accuracy": qat_unrounded_acc, "deployed_accuracy": None, "rounding_cost": None,
+        "qat_unrounded_accuracy": qat_unrounded_acc, "deploy_aware_qat": deploy_aware,
+        "deployed_accuracy": None, "rounding_cost": None,
         "history": history, "config": asdict(config)}
     if not dist.main:
         return summary
