@@ -22,8 +22,8 @@ from .neuron import LIF, Surrogate
 from .resnet_fold import fold_population, quantized_weights
 
 __all__ = ["STEMS", "NeuronFactory", "lif_neuron", "ReLUNeuron", "conv_layer", "readout_layer", "over_time", "ConvBN",
-           "deployed_current", "BasicBlock", "Bottleneck", "SpikingResNet", "resnet8", "resnet10", "resnet18", "resnet34", "resnet50",
-           "RESNETS"]
+           "deployed_current", "BasicBlock", "Bottleneck", "SpikingResNet", "resnet8", "resnet10", "resnet18",
+           "resnet34", "resnet50", "RESNETS"]
 
 STEMS = ("cifar", "imagenet", "imagenet_conv")
 NeuronFactory = Callable[[], nn.Module]
