@@ -17,9 +17,9 @@ from torch.nn import functional as F
 
 from .bn import BNTT, make_bn
 from .folding import round_ste
-from .model import PIXEL_MAX
+from .model import PIXEL_MAX, weight_scale
 from .neuron import LIF, Surrogate
-from .resnet_fold import fold_population, quantized_weights
+from .resnet_fold import fold_population
 
 __all__ = ["STEMS", "NeuronFactory", "lif_neuron", "ReLUNeuron", "conv_layer", "readout_layer", "over_time", "ConvBN",
            "deployed_current", "BasicBlock", "Bottleneck", "SpikingResNet", "resnet8", "resnet10", "resnet18",
@@ -319,7 +319,7 @@ class SpikingResNet(nn.Module):
         if not (self.deploy_aware and self.fc.bias is not None):
             return self.fc(pooled)
         # the exporter's readout bias is round(b * H * W / s_fc), in units of s_fc / (H * W) (H x W: last spikes)
-        _, scale = quantized_weights(self.fc, train=True)
+        _, scale = weight_scale(self.fc)
         bias = scale * round_ste(self.fc.bias * area / scale) / area
         return F.linear(pooled, self.fc.quant_weight().value, bias)
 

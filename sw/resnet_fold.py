@@ -20,6 +20,7 @@ import torch
 
 from .bn import bn_affine
 from .folding import fold_channels, round_ste, zero_scale_threshold
+from .model import weight_scale
 
 __all__ = ["FoldedPopulation", "fold_population", "integer_unit", "quantized_weights"]
 
@@ -42,12 +43,11 @@ class FoldedPopulation:
 def quantized_weights(conv: torch.nn.Module, *, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """(integer weights, per-output-channel scale) of a Brevitas layer; ``train`` keeps the straight-through
     gradient (value / scale, integer-valued up to float error), otherwise the exact int64 weights."""
-    q = conv.quant_weight()
-    channels = conv.weight.shape[0]
-    scale = q.scale.reshape(-1) if q.scale.numel() > 1 else q.scale.reshape(1).expand(channels)
+    w_int, scale = weight_scale(conv)
     if not train:
-        return q.int().to(torch.int64), scale
-    return q.value / scale.view(-1, *([1] * (q.value.ndim - 1))), scale
+        return w_int, scale
+    value = conv.quant_weight().value
+    return value / scale.view(-1, *([1] * (value.ndim - 1))), scale
 
 
 def integer_unit(a: torch.Tensor, unit: torch.Tensor) -> torch.Tensor:
