@@ -180,10 +180,12 @@ class SpikingBlock(nn.Module):
         out = self.layer(x)
         if not self.deploy_aware:
             return self.bn(out)
-        # Deployed arithmetic with straight-through rounding: (sign * W_int x + bias_int) / theta_int.
+        # Deployed arithmetic with straight-through rounding: (sign * W_int x + bias_int) / theta_int. W_int x is
+        # an integer (integer weights, integer pixels or spikes): rounding it only removes the float error of
+        # out / unit, and passes the gradient straight through (as sw/resnet.py's deployed_current does)
         sign, theta, bias, unit = self.folded_parameters(rounding=round_ste)
         view = (1, -1) + (1,) * (out.ndim - 2)
-        integer_current = sign.view(view) * out / unit.view(view) + bias.view(view)
+        integer_current = round_ste(sign.view(view) * out / unit.view(view)) + bias.view(view)
         return integer_current / theta.view(view)
 
     def forward(self, x: torch.Tensor, time_steps: int | None = None) -> torch.Tensor:

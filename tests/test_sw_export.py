@@ -163,3 +163,27 @@ def test_hidden_dense_layer_and_leak_export():
         pred = model(torch.tensor(images, dtype=torch.float32) / 255.0).argmax(1)
     # the float leak has no floor, so only near-agreement is expected
     assert (reference.run(net, images).prediction == pred).float().mean() > 0.85
+
+
+def test_chain_deploy_aware_forward_tracks_the_integer_reference():
+    """On a chain whose folded numbers are NOT exact (BN statistics of random data, real pixels), the deploy-aware
+    forward spikes as the integer reference does, where plain float BN drifts away from it."""
+    from spikeforge.sw.model import spiking_net
+
+    torch.manual_seed(1)
+    model = spiking_net(Architecture.parse("c6s1w8-c8s2w4-d12w4-d5w4", input_shape=(1, 12, 12)), time_steps=T)
+    with torch.no_grad():
+        for _ in range(3):  # BN statistics of random data
+            model(torch.rand(32, 1, 12, 12))
+    model.eval()
+    images = (np.random.default_rng(1).random((64, 1, 12, 12)) * 256).astype(np.uint8)
+    ref = reference.run(export_network(model, calibration_images=images), images, time_steps=T)
+    mismatch = {}
+    for deploy_aware in (False, True):
+        with torch.no_grad():
+            out = model.set_deploy_aware(deploy_aware).run(torch.tensor(images) / 255.0)
+        mismatch[deploy_aware] = [float((s != r.to(torch.float32)).float().mean())
+                                  for s, r in zip(out.spikes, ref.spikes[1:-1])]
+        assert torch.equal(out.readout.argmax(1), ref.prediction)
+    assert sum(mismatch[False]) > 4 * sum(mismatch[True]), mismatch
+    assert max(mismatch[True]) < 1e-4, mismatch
