@@ -107,13 +107,24 @@ def _backward_kernel(grad_spikes, membranes, surrogate, threshold: float, leak_s
 
 
 _COMPILED: dict[str, object] = {}
+# Each kernel is specialized (one compilation each) on T (the loop is unrolled), the current's rank and layout (an
+# expanded first-layer current has stride 0 over T), the neuron's constants and the surrogate: a process that trains
+# several configurations (a test session, a sweep) needs more than dynamo's default 8 versions of a kernel, and with
+# fullgraph=True running out is an error, not a fallback. The higher limit applies to these two kernels only.
+RECOMPILE_LIMIT = 64
 
 
 def _compiled(name: str):
     """torch.compile of a kernel above, made on first use (compiling takes seconds; eager users never pay it)."""
     if name not in _COMPILED:
-        _COMPILED[name] = torch.compile({"forward": _forward_kernel, "backward": _backward_kernel}[name],
-                                        dynamic=True, fullgraph=True)
+        kernel = torch.compile({"forward": _forward_kernel, "backward": _backward_kernel}[name], dynamic=True,
+                               fullgraph=True)
+
+        def run(*args):
+            with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
+                return kernel(*args)
+
+        _COMPILED[name] = run
     return _COMPILED[name]
 
 

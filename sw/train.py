@@ -32,13 +32,17 @@ from spikeforge import netimage
 
 from .data import MNIST_STYLE, NUM_CLASSES, load_dataset
 from .export import deployed_accuracy, export_network, membrane_statistics
-from .model import ARCHITECTURES, PIXEL_MAX, Architecture, spiking_net
+from .model import ARCHITECTURES, PIXEL_MAX, Architecture, SpikingNet
 from .neuron import SURROGATES
 
 __all__ = ["ConfigError", "TrainConfig", "PRESETS", "preset", "train", "evaluate", "evaluate_checkpoint", "build_model", "main"]
 
 RESNET_ARCHS = ("resnet8", "resnet10", "resnet18", "resnet34", "resnet50")
 AUTO_WIDTHS = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0)  # the candidates of --surrogate-width auto
+# compiled: sw/fused.py's FusedLIF with its torch.compile'd T-step kernels (the default: fastest); fused: the same
+# without torch.compile; autograd: sw/neuron.py's LIF, recorded step by step by autograd. Same spikes; gradients
+# equal up to float rounding (tests/test_sw_fused.py).
+LIF_IMPLEMENTATIONS = ("compiled", "fused", "autograd")
 
 
 class ConfigError(ValueError):
@@ -91,10 +95,11 @@ class TrainConfig:
     compile: bool = False                 # torch.compile the training model
     deterministic: bool = False           # torch.use_deterministic_algorithms (warn-only) and no cuDNN autotuning
     grad_checkpoint: bool = False         # recompute every block's forward in backward (deep nets, long T)
-    temporal_window: int | None = None    # ResNet: sw.fused FusedLIF with truncated BPTT (1 = SLTT); None = plain LIF
+    temporal_window: int | None = None    # truncated BPTT every k steps (1 = SLTT; needs a fused lif); None = exact
     checkpoint_every: int = 0             # also save the resumable state every N optimizer steps (0: per epoch)
     device: str = "auto"                  # auto (CUDA when available) | cpu | cuda
     deployed_images: int | None = None    # test images for the integer evaluation; None = all of them
+    lif: str = "compiled"                 # LIF implementation: compiled | fused | autograd (same spikes, see docs)
 
     @classmethod
     def preset(cls, name: str, **overrides) -> "TrainConfig":
@@ -124,9 +129,13 @@ class TrainConfig:
                 self.surrogate_width = float(self.surrogate_width)
             except ValueError:
                 raise ConfigError(f"surrogate_width must be a number or 'auto', not {self.surrogate_width!r}") from None
-        if not self.is_resnet and (self.ann or self.temporal_window is not None):
-            raise ConfigError(f"ann and temporal_window need a ResNet arch ({', '.join(RESNET_ARCHS)}), not "
-                             f"{self.arch!r}")
+        if not self.is_resnet and self.ann:
+            raise ConfigError(f"ann (the ANN twin) needs a ResNet arch ({', '.join(RESNET_ARCHS)}), not {self.arch!r}")
+        if self.lif not in LIF_IMPLEMENTATIONS:
+            raise ConfigError(f"lif must be one of {', '.join(LIF_IMPLEMENTATIONS)}, not {self.lif!r}")
+        if self.temporal_window is not None and self.lif == "autograd":
+            raise ConfigError(f"temporal_window {self.temporal_window} needs the fused LIF (lif compiled or fused); "
+                              "lif autograd always trains with exact BPTT")
         if self.ann and self.surrogate_width == "auto":
             raise ConfigError("surrogate_width 'auto' measures spiking neurons; the ANN twin (ann) has none")
         if not self.is_resnet:
@@ -142,7 +151,7 @@ class TrainConfig:
 
 # Run-independent fields: changing them does not make an out dir's saved state stale.
 _RUN_ONLY = {"out", "progress", "threads", "eval_batch", "test_subset", "calibration_images", "max_acc_bits",
-             "checkpoint_every", "device", "deployed_images", "compile"}
+             "checkpoint_every", "device", "deployed_images", "compile", "lif"}
 # Fields added after out dirs already existed: left out of the config key while at their default, so those resume.
 _ADDED = ("width", "stem", "bn", "wbits", "ann", "image_size", "crop_padding", "label_smoothing", "momentum",
           "nesterov", "amp", "deterministic", "grad_checkpoint", "temporal_window")
@@ -311,26 +320,27 @@ def evaluate_checkpoint(checkpoint, images: np.ndarray, labels: np.ndarray, time
 
 
 def build_model(config: TrainConfig, quantized: bool, input_shape=(1, 28, 28), classes: int = 10,
-                surrogate_width: float | None = None) -> nn.Module:
+                surrogate_width: float | None = None, lif: str | None = None) -> nn.Module:
     """The model ``config.arch`` names: a SpikingNet chain (1 x 28 x 28 input) or a SpikingResNet / its ANN twin,
-    float (``quantized=False``) or with Brevitas weights; float and QAT versions share parameter names."""
+    float (``quantized=False``) or with Brevitas weights; float and QAT versions share parameter names.
+    ``lif`` overrides ``config.lif`` (the LIF implementation, one of LIF_IMPLEMENTATIONS)."""
+    from .fused import fused_lif_neuron
+    from .resnet import RESNETS, lif_neuron
+
     width = float(config.surrogate_width if surrogate_width is None else surrogate_width)
+    lif = lif or config.lif
+    if lif == "autograd":
+        neuron = lif_neuron(config.surrogate, width, leak_shift=config.leak_shift)
+    else:
+        neuron = fused_lif_neuron(config.surrogate, width, leak_shift=config.leak_shift,
+                                  temporal_window=config.temporal_window, compiled=lif == "compiled")
     if not config.is_resnet:
         if tuple(input_shape) != (1, 28, 28) or classes != 10:
             raise ConfigError(f"arch {config.arch!r} is a chain for 1x28x28 images and 10 classes, but dataset "
                              f"{config.dataset!r} has {'x'.join(map(str, input_shape))} images and {classes} "
                              f"classes; use a ResNet (--arch {' | '.join(RESNET_ARCHS)})")
-        return spiking_net(config.arch, time_steps=config.time_steps, quantized=quantized,
-                           surrogate=config.surrogate, width=width, leak_shift=config.leak_shift)
-    from .resnet import RESNETS, lif_neuron
-
-    if config.temporal_window is not None:
-        from .fused import fused_lif_neuron
-
-        neuron = fused_lif_neuron(config.surrogate, width, leak_shift=config.leak_shift,
-                                  temporal_window=config.temporal_window)
-    else:
-        neuron = lif_neuron(config.surrogate, width, leak_shift=config.leak_shift)
+        arch = ARCHITECTURES.get(config.arch) or Architecture.parse(config.arch)
+        return SpikingNet(arch, time_steps=config.time_steps, quantized=quantized, neuron=neuron)
     return RESNETS[config.arch](width=config.width, num_classes=classes, in_channels=input_shape[0], stem=config.stem,
                                 bn=config.bn, time_steps=config.time_steps, neuron=neuron, ann=config.ann,
                                 wbits=config.wbits if quantized else None)
@@ -410,7 +420,9 @@ def _choose_width(config: TrainConfig, x_train: np.ndarray, input_shape, classes
 
     t0 = time.time()
     data = torch.as_tensor(x_train[:8]).float() / PIXEL_MAX
-    width = auto_width(lambda: build_model(config, False, input_shape, classes, surrogate_width=1.0), AUTO_WIDTHS,
+    # eager fused LIF: the measurement swaps surrogates per width, which would make torch.compile recompile
+    width = auto_width(lambda: build_model(config, False, input_shape, classes, surrogate_width=1.0, lif="fused"),
+                       AUTO_WIDTHS,
                        time_steps=config.time_steps, batch=len(data), input_shape=input_shape,
                        surrogate=config.surrogate, data=data, classes=classes, seed=config.seed)
     log(f"surrogate width auto: chose {width} of {list(AUTO_WIDTHS)} ({time.time() - t0:.1f} s of gradient flow "
@@ -778,10 +790,11 @@ _HELP = {
     "compile": "torch.compile the training model (true/false)",
     "deterministic": "torch.use_deterministic_algorithms (warn only) and no cuDNN autotuning (true/false)",
     "grad_checkpoint": "recompute each block's forward during backward: less memory for deep nets and long T",
-    "temporal_window": "ResNet: fused LIF (sw/fused.py) with truncated BPTT every k steps, 1 = SLTT; none = exact",
+    "temporal_window": "truncated BPTT every k steps (fused LIF, sw/fused.py), 1 = SLTT; none = exact BPTT",
     "checkpoint_every": "also save the resumable state every N steps (0: after every epoch only)",
     "device": "auto | cpu | cuda (under torchrun: cuda:LOCAL_RANK)",
     "deployed_images": "test images for the deployed integer evaluation (none = all)",
+    "lif": "LIF implementation: compiled (fused T-step kernels, torch.compile) | fused (no compile) | autograd",
 }
 
 

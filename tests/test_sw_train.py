@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from spikeforge import netimage
 from spikeforge.sw import train as train_module
@@ -244,8 +245,12 @@ def test_paper_setting_runs_on_fake_cifar100(fake_cifar, tmp_path):
 def test_config_errors_are_one_sentence(fake_cifar, tmp_path):
     with pytest.raises(ValueError, match="chain for 1x28x28"):
         train(_resnet_config(fake_cifar / "c10", tmp_path / "x", arch="demo"))
-    with pytest.raises(ValueError, match="need a ResNet"):
+    with pytest.raises(ValueError, match="needs a ResNet"):
         TrainConfig(ann=True).validate()
+    with pytest.raises(ValueError, match="lif must be one of compiled, fused, autograd"):
+        TrainConfig(lif="jit").validate()
+    with pytest.raises(ValueError, match="temporal_window 1 needs the fused LIF"):
+        TrainConfig(temporal_window=1, lif="autograd").validate()
     with pytest.raises(ValueError, match="amp"):
         TrainConfig(amp="fp8").validate()
     with pytest.raises(train_module.ConfigError, match="fp16.*CUDA"):
@@ -268,3 +273,36 @@ def test_bntt_trains_and_is_not_exported(fake_cifar, tmp_path):
     assert summary["deployed_accuracy"] is None and "BNTT" in summary["not_exported"]
     assert not torch.load(tmp_path / "bntt" / "checkpoint.pt", weights_only=False)["deploy_aware"]
     assert 0.0 <= summary["qat_accuracy"] <= 1.0 and not (tmp_path / "bntt" / "network.sfnet").exists()
+
+
+@pytest.mark.parametrize("arch", ["c4s1w8-c6s2w4-d8w4-d10w4", "resnet8"])
+def test_lif_implementations_train_the_same_network(arch):
+    """--lif compiled (the default), fused and autograd build the neuron they name, and give the same spikes, loss
+    and gradients on one batch (float and QAT model); temporal_window reaches the fused neuron of a chain too."""
+    from spikeforge.sw.fused import FusedLIF
+    from spikeforge.sw.neuron import LIF
+
+    torch.manual_seed(0)
+    images = torch.rand(6, 1, 28, 28)
+    labels = torch.arange(6) % 10
+    for quantized in (False, True):
+        results = {}
+        for lif in train_module.LIF_IMPLEMENTATIONS:
+            config = TrainConfig(arch=arch, time_steps=3, lif=lif, width=0.25).validate()
+            torch.manual_seed(1)
+            model = train_module.build_model(config, quantized)
+            neurons = [m for m in model.modules() if isinstance(m, LIF)]
+            assert neurons and all((type(m) is FusedLIF) == (lif != "autograd") for m in neurons)
+            assert all(getattr(m, "compiled", False) == (lif == "compiled") for m in neurons)
+            loss = F.cross_entropy(model(images), labels)
+            loss.backward()
+            results[lif] = (loss.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None])
+        ref_loss, ref_grads = results["autograd"]
+        for lif in ("compiled", "fused"):
+            loss, grads = results[lif]
+            assert torch.equal(loss, ref_loss), (lif, quantized)
+            assert len(grads) == len(ref_grads)
+            for g, r in zip(grads, ref_grads):
+                torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-6)
+    window = train_module.build_model(TrainConfig(arch=arch, temporal_window=1, width=0.25).validate(), False)
+    assert {m.temporal_window for m in window.modules() if isinstance(m, LIF)} == {1}
