@@ -100,6 +100,7 @@ class TrainConfig:
     device: str = "auto"                  # auto (CUDA when available) | cpu | cuda
     deployed_images: int | None = None    # test images for the integer evaluation; None = all of them
     lif: str = "compiled"                 # LIF implementation: compiled | fused | autograd (same spikes, see docs)
+    augment_flip: bool = False            # MNIST-style: random horizontal flip in training (clothes, not digits)
 
     @classmethod
     def preset(cls, name: str, **overrides) -> "TrainConfig":
@@ -154,7 +155,7 @@ _RUN_ONLY = {"out", "progress", "threads", "eval_batch", "test_subset", "calibra
              "checkpoint_every", "device", "deployed_images", "compile", "lif"}
 # Fields added after out dirs already existed: left out of the config key while at their default, so those resume.
 _ADDED = ("width", "stem", "bn", "wbits", "ann", "image_size", "crop_padding", "label_smoothing", "momentum",
-          "nesterov", "amp", "deterministic", "grad_checkpoint", "temporal_window")
+          "nesterov", "amp", "deterministic", "grad_checkpoint", "temporal_window", "augment_flip")
 
 _PAPER = dict(dataset="cifar100", arch="resnet50", time_steps=10, epochs_float=200, epochs_qat=20, batch_size=128,
               optimizer="sgd", lr=0.1, lr_qat=0.01, weight_decay=5e-4, schedule="cosine", label_smoothing=0.1,
@@ -254,8 +255,11 @@ def _batches(n: int, batch: int, generator: torch.Generator | None):
         yield order[start:start + batch]
 
 
-def _augment(x: torch.Tensor, shift: int, generator: torch.Generator) -> torch.Tensor:
-    """Random translation by up to +-shift pixels per image, filling with 0 (what zero padding sees)."""
+def _augment(x: torch.Tensor, shift: int, generator: torch.Generator, flip: bool = False) -> torch.Tensor:
+    """Random translation by up to +-shift pixels per image, filling with 0 (what zero padding sees), then (with
+    ``flip``) a horizontal mirror of a random half of the images. Without flip the draws are those of older runs."""
+    if flip:
+        x = torch.where(torch.rand(x.shape[0], generator=generator)[:, None, None, None] < 0.5, x.flip(-1), x)
     if shift <= 0:
         return x
     B, C, H, W = x.shape
@@ -271,7 +275,7 @@ def _train_batch(config: TrainConfig, images: np.ndarray, generator: torch.Gener
     """pixel/255 of one global batch with the dataset's augmentation (drawn from the epoch's generator)."""
     x = torch.as_tensor(images).float() / PIXEL_MAX
     if config.dataset in MNIST_STYLE:
-        return _augment(x, config.augment_shift, generator)
+        return _augment(x, config.augment_shift, generator, config.augment_flip)
     from .vision_data import augment
 
     return augment(x, generator, padding=config.crop_padding)
@@ -765,6 +769,7 @@ _HELP = {
                        + ", ".join(map(str, AUTO_WIDTHS)) + ")",
     "leak_shift": "LIF leak V -= V / 2^k; none = integrate-and-fire",
     "augment_shift": "MNIST-style: random +-n pixel shifts in training",
+    "augment_flip": "MNIST-style: random horizontal flips in training (true/false; for fashion-mnist, not digits)",
     "deploy_aware": "QAT with the exporter's rounded thresholds, biases and shortcuts in the loop (true/false)",
     "bn_calibration_batches": "batches that re-measure BN statistics on the quantized weights before QAT",
     "seed": "the only source of randomness (init, order, augmentation)",

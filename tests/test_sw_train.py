@@ -113,6 +113,24 @@ def test_augment_is_a_zero_filled_shift():
         assert int((y[b, 0] > 0).sum()) >= 9
 
 
+def test_augment_flip_mirrors_about_half_and_leaves_the_shift_draws_alone():
+    x = torch.rand(400, 1, 6, 6)
+    y = train_module._augment(x, 0, torch.Generator().manual_seed(1), flip=True)
+    mirrored = torch.tensor([torch.equal(y[i], x[i].flip(-1)) for i in range(len(x))])
+    kept = torch.tensor([torch.equal(y[i], x[i]) for i in range(len(x))])
+    assert bool((mirrored ^ kept).all())            # each image is either mirrored or untouched
+    assert 150 < int(mirrored.sum()) < 250
+    # without flip no extra random number is drawn: the shifts of older runs are reproduced
+    a = train_module._augment(x, 1, torch.Generator().manual_seed(2))
+    b = train_module._augment(x, 1, torch.Generator().manual_seed(2), flip=False)
+    assert torch.equal(a, b)
+
+
+def test_augment_flip_is_a_cli_option_that_leaves_old_config_keys_alone():
+    assert "augment_flip" not in train_module._config_key(TrainConfig())
+    assert train_module._config_key(TrainConfig(augment_flip=True))["augment_flip"] is True
+
+
 # --- the one loop for every model and dataset ----------------------------------------------------------------
 
 
