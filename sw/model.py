@@ -16,7 +16,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .folding import bn_affine, fold_channels, round_ste
+from .folding import bn_affine, fold_channels, round_ste, start_half_up
 from .neuron import LIF
 
 __all__ = ["LayerSpec", "Architecture", "ARCHITECTURES", "SpikingBlock", "IntegratorReadout", "SpikingNet",
@@ -196,6 +196,9 @@ class SpikingBlock(nn.Module):
             T, B = x.shape[:2]
             current = self.current(x.flatten(0, 1))
             current = current.reshape(T, B, *current.shape[1:])
+        if self.deploy_aware and getattr(self.neuron, "leak_shift", None) is None:
+            _, theta, _, _ = self.folded_parameters()
+            current = start_half_up(current, getattr(self.neuron, "threshold", 1.0) / theta)
         return self.neuron(current)
 
 

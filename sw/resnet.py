@@ -16,7 +16,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .bn import BNTT, make_bn
-from .folding import round_ste
+from .folding import round_ste, start_half_up
 from .model import PIXEL_MAX, weight_scale
 from .neuron import LIF, Surrogate
 from .resnet_fold import fold_population
@@ -99,13 +99,16 @@ class ConvBN(nn.Module):
 
 
 def deployed_current(term: ConvBN, conv_out: torch.Tensor, source_unit: float, threshold: float, *,
-                     shortcut: ConvBN | str | None = None, shortcut_input: torch.Tensor | None = None) -> torch.Tensor:
+                     shortcut: ConvBN | str | None = None, shortcut_input: torch.Tensor | None = None,
+                     half_up: bool = False) -> torch.Tensor:
     """The current the deployed integer population integrates, on the float neuron's scale, with straight-through
     rounding (deploy-aware QAT): ``threshold * (sign * W_int x + shortcut_int + bias) / theta``.
 
     ``conv_out`` is the main quantized conv's output (``[N, C, H, W]`` or ``[T, B, C, H, W]``), ``shortcut`` None,
     ``"identity"`` or the shortcut's ConvBN applied to ``shortcut_input`` (same leading shape); the integer
-    parameters come from sw/resnet_fold.py, the exporter's own arithmetic.
+    parameters come from sw/resnet_fold.py, the exporter's own arithmetic. ``half_up`` (integrate-and-fire
+    neurons, ``conv_out`` [T, B, ...]): step 0 also carries half an integer unit, so that the float neuron fires
+    exactly where the integer one does (folding.start_half_up).
     """
     folded = fold_population(term, source_unit, threshold, shortcut, train=True)
 
@@ -121,7 +124,8 @@ def deployed_current(term: ConvBN, conv_out: torch.Tensor, source_unit: float, t
         conv = shortcut.conv
         current = current + over_time(
             lambda z: F.conv2d(z, folded.shortcut, None, conv.stride, conv.padding), shortcut_input)
-    return threshold * current / per_channel(folded.threshold)
+    current = threshold * current / per_channel(folded.threshold)
+    return start_half_up(current, threshold / folded.threshold) if half_up else current
 
 
 class _Block(nn.Module):
@@ -139,20 +143,20 @@ class _Block(nn.Module):
                                      self._bn(out_channels, join=True))
         self.record = False
         self.recorded: dict[str, torch.Tensor] = {}
-        self.deploy_aware = False
+        self.deploy_aware = self.half_up = False
 
     def current(self, term: ConvBN, x: torch.Tensor) -> torch.Tensor:
         """A (non-join) population's current from spikes x: BN(conv(x)), or the deployed form when deploy-aware."""
         if not self.deploy_aware:
             return term(x)
-        return deployed_current(term, over_time(term.conv, x), 1.0, self._threshold)
+        return deployed_current(term, over_time(term.conv, x), 1.0, self._threshold, half_up=self.half_up)
 
     def join(self, term: ConvBN, s: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """The residual join's current: main path ``term`` on s plus the shortcut on the block input x."""
         if not self.deploy_aware:
             return term(s) + self.shortcut(x)
         return deployed_current(term, over_time(term.conv, s), 1.0, self._threshold,
-                                shortcut=self.downsample or "identity", shortcut_input=x)
+                                shortcut=self.downsample or "identity", shortcut_input=x, half_up=self.half_up)
 
     def _bn(self, channels: int, join: bool = False) -> nn.Module:
         return make_bn(self._bn_kind, channels, time_steps=self._time_steps, join=join, threshold=self._threshold)
@@ -239,7 +243,7 @@ class SpikingResNet(nn.Module):
         self.time_steps = 1 if ann else int(time_steps)
         neuron = ReLUNeuron if ann else (neuron or lif_neuron())
         threshold = float(getattr(neuron(), "threshold", 1.0))
-        self.threshold, self.wbits, self.deploy_aware = threshold, wbits, False
+        self.threshold, self.wbits, self.deploy_aware, self.half_up = threshold, wbits, False, False
         stem_wbits = (8 if wbits is not None else None) if stem_wbits is None else stem_wbits
         readout_wbits = wbits if readout_wbits is None else readout_wbits
         kw = dict(time_steps=self.time_steps, threshold=threshold)
@@ -287,6 +291,9 @@ class SpikingResNet(nn.Module):
             if self.deploy_aware:
                 current = deployed_current(self.stem, self.stem.conv(images01), 1.0 / PIXEL_MAX, self.threshold)
                 current = current.unsqueeze(0).expand(T, *current.shape)
+                if self.half_up:
+                    theta = fold_population(self.stem, 1.0 / PIXEL_MAX, self.threshold, None, train=True).threshold
+                    current = start_half_up(current, self.threshold / theta)
             else:
                 current = self.stem.forward_static(images01, T)
         elif images01.ndim == 5:
@@ -294,15 +301,16 @@ class SpikingResNet(nn.Module):
                 raise ValueError("the ANN twin takes static images [B, C, H, W], not a sequence")
             T = images01.shape[0]
             current = deployed_current(self.stem, over_time(self.stem.conv, images01), 1.0 / PIXEL_MAX,
-                                       self.threshold) if self.deploy_aware else self.stem(images01)
+                                       self.threshold, half_up=self.half_up) if self.deploy_aware \
+                else self.stem(images01)
         else:
             raise ValueError(f"images must be [B, C, H, W] or [T, B, C, H, W], not {list(images01.shape)}")
         x = spikes["stem"] = self.stem_neuron(current)
         if self.maxpool is not None:
             x = over_time(self.maxpool, x)
         if self.stem_pool is not None:
-            current = deployed_current(self.stem_pool, over_time(self.stem_pool.conv, x), 1.0, self.threshold) \
-                if self.deploy_aware else self.stem_pool(x)
+            current = deployed_current(self.stem_pool, over_time(self.stem_pool.conv, x), 1.0, self.threshold,
+                                       half_up=self.half_up) if self.deploy_aware else self.stem_pool(x)
             x = spikes["stem_pool"] = self.stem_pool_neuron(current)
         for i, stage in enumerate(self.stages, 1):
             for j, blk in enumerate(stage):
@@ -336,9 +344,11 @@ class SpikingResNet(nn.Module):
             if self.maxpool is not None:
                 raise ValueError("the 'imagenet' stem's max-pool is not deployable; use stem='imagenet_conv'")
         self.deploy_aware = bool(enabled)
+        # integrate-and-fire neurons start half an integer unit up (folding.start_half_up); leaky ones cannot
+        self.half_up = self.deploy_aware and all(m.leak_shift is None for m in self.modules() if isinstance(m, LIF))
         for stage in self.stages:
             for blk in stage:
-                blk.deploy_aware = bool(enabled)
+                blk.deploy_aware, blk.half_up = bool(enabled), self.half_up
         return self
 
     def forward(self, images01: torch.Tensor) -> torch.Tensor:

@@ -128,8 +128,10 @@ def test_deploy_aware_forward_tracks_the_integer_reference():
             out = model.set_deploy_aware(deploy_aware).run(torch.tensor(images) / 255.0, record=True)
         mismatch[deploy_aware] = [float((out.spikes[name] != ref.spikes[k].to(torch.float32)).float().mean())
                                   for k, name in enumerate(model.population_names(), 1)]
-    assert sum(mismatch[False]) > 4 * sum(mismatch[True]), mismatch
-    assert max(mismatch[True]) < 1e-3, mismatch
+    assert sum(mismatch[False]) > 0.01, mismatch
+    # integrate-and-fire: the float membrane starts half an integer unit up (folding.start_half_up), which makes
+    # every spike of every population the integer reference's
+    assert max(mismatch[True]) == 0, mismatch
 
 
 def test_deploy_aware_needs_an_integer_form():
