@@ -1,8 +1,12 @@
 """docs/results.md from finished training runs: every figure comes from a run's ``summary.json`` (written by
 ``spikeforge train``) or is measured here, next to the command that reproduces it.
 
-    spikeforge results build/train build/fmnist-r8 ... [--accuracy-vs-t build/train]
-                                    [--out docs/results.md] [--png docs/accuracy_vs_T.png]
+    spikeforge results build/train build/fmnist-r8 docs/runs/*.json ... [--accuracy-vs-t build/train]
+                                    [--out docs/results.md] [--png docs/accuracy_vs_T.png] [--archive docs/runs]
+
+A run is a training folder (its ``summary.json``) or an archived summary: every folder given is also copied to
+``--archive``/<folder name>.json (default docs/runs/, beside ``--out``), so the page can be rebuilt after ``build/`` is gone (``docs/runs/*.json`` in
+the command line; a folder given too replaces its archived copy).
 
 Per run: dataset, model, T, epochs, train images, wall time, float / QAT / deployed integer accuracy. ANN-twin runs
 are paired with the spiking run of the same dataset and architecture (the SNN-vs-ANN gap). ``--accuracy-vs-t RUN``
@@ -21,7 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["ResultsError", "load_runs", "train_command", "accuracy_vs_t", "plot_accuracy_vs_t", "render", "main", "TARGETS"]
+__all__ = ["ResultsError", "load_runs", "archive_runs", "train_command", "accuracy_vs_t", "plot_accuracy_vs_t",
+           "render", "main", "TARGETS"]
 
 TARGETS = {"mnist": 0.994, "fashion-mnist": 0.935}  # deployed integer accuracy at T=10 (issue 3)
 _NOT_FLAGS = {"progress", "threads", "eval_batch"}  # do not change the result
@@ -32,17 +37,43 @@ class ResultsError(ValueError):
 
 
 def load_runs(folders) -> list[dict]:
-    """The ``summary.json`` of each folder, with ``run`` set to the folder."""
-    runs = []
+    """The ``summary.json`` of each run folder, with ``run`` set to the folder, or an archived summary file (a
+    ``.json`` written by ``--archive``, whose ``run`` names the folder it came from). One entry per run: a later
+    argument naming the same run replaces the earlier one, in the earlier one's place."""
+    runs: dict[str, dict] = {}
     for folder in folders:
-        path = Path(folder) / "summary.json"
-        if not path.is_file():
-            raise ResultsError(f"{folder}: no summary.json; it is written when `spikeforge train --out {folder}` "
-                               "finishes, so train (or resume) that run first")
-        summary = json.loads(path.read_text())
-        summary["run"] = str(folder)
-        runs.append(summary)
-    return runs
+        path = Path(folder)
+        archived = path.suffix == ".json" and path.is_file()
+        if not archived:
+            path = path / "summary.json"
+            if not path.is_file():
+                raise ResultsError(f"{folder}: no summary.json; it is written when `spikeforge train --out {folder}` "
+                                   "finishes, so train (or resume) that run first")
+        try:
+            summary = json.loads(path.read_text())
+            if not isinstance(summary, dict) or not isinstance(summary.get("config"), dict):
+                raise ValueError("no 'config' object")
+        except ValueError as exc:
+            raise ResultsError(f"{path}: not a training summary ({exc}); pass a `spikeforge train --out` folder or "
+                               "a file written by `spikeforge results --archive`") from None
+        if not archived:
+            summary["run"] = str(folder)
+        summary.setdefault("run", path.stem)
+        runs[summary["run"]] = summary
+    return list(runs.values())
+
+
+def archive_runs(runs: list[dict], folders, directory) -> list[Path]:
+    """Copy the summaries of the runs given as folders into ``directory``/<folder name>.json."""
+    written = []
+    given = {str(f) for f in folders if not str(f).endswith(".json")}
+    for run in runs:
+        if run["run"] in given:
+            path = Path(directory) / f"{Path(run['run']).name}.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(run, indent=1) + "\n")
+            written.append(path)
+    return written
 
 
 def train_command(config: dict) -> str:
@@ -129,16 +160,22 @@ def render(runs: list[dict], curve: dict | None = None, command: str = "spikefor
     lines = ["# Results", "",
              f"Produced by `{command}` from the runs' `summary.json` files (do not edit by hand;",
              "rerun it). Accuracies are on the full test set unless the images column says otherwise; wall times",
-             "are this machine's (2 CPU cores, no GPU) and include the machine's load at the time.", "",
+             "are this machine's (2 CPU cores, no GPU) and include the machine's load at the time.",
+             "The summaries are archived in docs/runs/ (one JSON per run folder).", "",
              "| run | dataset | model | T | epochs float+QAT | train images | train wall | float | QAT | deployed "
              "integer | test images | deploy-aware QAT |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in runs:
         cfg, sec = r["config"], r.get("seconds", {})
         wall = (sec.get("float_s", 0) + sec.get("qat_s", 0)) / 60
-        lines.append(f"| `{r['run']}` | {cfg['dataset']} | {_model(r)} | {r['time_steps']} | "
+        mark = " (r)" if r.get("reconstructed_from") else ""
+        lines.append(f"| `{r['run']}`{mark} | {cfg['dataset']} | {_model(r)} | {r['time_steps']} | "
                      f"{cfg['epochs_float']}+{cfg['epochs_qat']} | {r['train_images']} | {wall:.1f} min | "
                      f"{_pct(r['float_accuracy'])} | {_pct(r['qat_accuracy'])} | {_pct(r.get('deployed_accuracy'))} | "
                      f"{r.get('deployed_images', r['test_images'])} | {_deploy_aware(r)} |")
+    rebuilt = sorted({r["reconstructed_from"] for r in runs if r.get("reconstructed_from")})
+    if rebuilt:
+        lines += ["", "(r): archived from the table and command list of " + "; ".join(rebuilt) + " after the run's "
+                  "folder was lost (only the figures shown there survive; the wall time is float + QAT)."]
     lines += ["", "Commands (each run's folder is its `--out`):", ""]
     lines += [f"- `{r['run']}`: `{train_command({**r['config'], 'out': r['run']})}`" for r in runs]
     pairs = [(snn, ann) for ann in runs if ann["config"].get("ann")
@@ -175,7 +212,10 @@ def render(runs: list[dict], curve: dict | None = None, command: str = "spikefor
 def main(argv=None) -> str:
     p = argparse.ArgumentParser(prog="spikeforge results",
                                 description="Write docs/results.md (and the accuracy-vs-T plot) from training runs.")
-    p.add_argument("runs", nargs="+", help="run folders (each a `spikeforge train --out`) holding summary.json")
+    p.add_argument("runs", nargs="+", help="run folders (each a `spikeforge train --out`) holding summary.json, or "
+                   "archived summaries (docs/runs/*.json)")
+    p.add_argument("--archive", default=None, help="copy each run folder's summary here as <name>.json (default: "
+                   "runs/ beside --out, i.e. docs/runs; '' to skip)")
     p.add_argument("--out", default="docs/results.md")
     p.add_argument("--accuracy-vs-t", metavar="RUN", default=None,
                    help="a run folder whose network.sfnet is evaluated at T = 1..10")
@@ -185,6 +225,9 @@ def main(argv=None) -> str:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = p.parse_args(argv)
     runs = load_runs(args.runs)  # ResultsError: the `spikeforge` command prints its sentence
+    archive = Path(args.out).parent / "runs" if args.archive is None else args.archive
+    if archive:
+        archive_runs(runs, args.runs, archive)
     curve = None
     if args.accuracy_vs_t:
         from spikeforge import netimage

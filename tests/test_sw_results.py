@@ -93,3 +93,28 @@ def test_the_cli_names_the_command_that_wrote_the_page(tmp_path, capsys):
     assert f"Produced by `spikeforge results {run} --out {out}`" in out.read_text()
     assert cli.main(["results", str(tmp_path / "nowhere"), "--out", str(out)]) == 2
     assert "nowhere: no summary.json" in capsys.readouterr().err
+
+
+def test_archived_summaries_rebuild_the_page_without_the_run_folders(tmp_path):
+    run = tmp_path / "build" / "fm"
+    run.mkdir(parents=True)
+    (run / "summary.json").write_text(json.dumps(_summary("fashion-mnist", "resnet8", 0.9361, 0.9370)))
+    out = tmp_path / "docs" / "results.md"
+    first = results.main([str(run), "--out", str(out)])
+    archived = tmp_path / "docs" / "runs" / "fm.json"
+    assert json.loads(archived.read_text())["run"] == str(run)
+    shutil.rmtree(tmp_path / "build")
+    # the archive alone gives the same rows; an older archived run stays, marked where it was rebuilt from a page
+    old = dict(_summary("mnist", "demo", 0.9941, 0.9941), run="build/old", reconstructed_from="docs/results.md@abc")
+    (tmp_path / "docs" / "runs" / "old.json").write_text(json.dumps(old))
+    again = results.main([str(archived), str(tmp_path / "docs" / "runs" / "old.json"), "--out", str(out)])
+    row = next(line for line in first.splitlines() if line.startswith(f"| `{run}`"))
+    assert row in again
+    assert "| `build/old` (r) | mnist |" in again and "docs/results.md@abc" in again
+    assert "| mnist | 99.40% | `build/old` | 99.41% | yes |" in again
+    # a folder given with its archived copy counts once, with the folder's figures
+    assert len(results.load_runs([archived, archived])) == 1
+    bad = tmp_path / "bad.json"
+    bad.write_text("[1, 2]")
+    with pytest.raises(results.ResultsError, match=r"bad.json: not a training summary"):
+        results.load_runs([bad])
