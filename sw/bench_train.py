@@ -41,7 +41,11 @@ SPIKEFORGE = {
     "spikeforge-bf16": dict(_BEST, bf16=True),
 }
 PEERS = ("spikingjelly", "spikingjelly-compile", "snntorch")
+# not one of the issue's peers: SpikingJelly + torch.compile under the same bf16 autocast as spikeforge-bf16, to show
+# how much of a bf16 gain is the CPU's bf16 convs alone
+PEER_VARIANTS = ("spikingjelly-compile-bf16",)
 CONV_STACK = "conv-stack"
+CONV_STACK_BF16 = "conv-stack-bf16"  # the same convs under bf16 autocast: the ceiling of the bf16 configurations
 DEFAULT = ("spikeforge", "spikingjelly", "spikingjelly-compile", "snntorch")
 
 
@@ -80,9 +84,7 @@ def _spikeforge_model(cfg: dict, args):
     if cfg.get("compile"):
         run = torch.compile(model)
     if cfg.get("bf16"):
-        def run(x, _model=run):
-            with torch.autocast("cpu", torch.bfloat16):
-                return _model(x).float()
+        run = _bf16(run)
     return model, (lambda images: run(inputs(images))), None
 
 
@@ -121,7 +123,18 @@ def _peer_resnet18(lif, conv_bn, linear, widths, time_loop):
     return Net()
 
 
-def _spikingjelly_model(args, compiled: bool):
+def _bf16(run):
+    """``run`` under CPU bf16 autocast (convs and linear layers in bf16), returning float32 logits."""
+    import torch
+
+    def wrapped(x):
+        with torch.autocast("cpu", torch.bfloat16):
+            return run(x).float()
+
+    return wrapped
+
+
+def _spikingjelly_model(args, compiled: bool, bf16: bool = False):
     import torch
     from torch import nn
     from spikingjelly.activation_based import functional, layer, neuron, surrogate
@@ -142,7 +155,7 @@ def _spikingjelly_model(args, compiled: bool):
     model = _peer_resnet18(lif, conv_bn, lambda c: layer.Linear(c, 10, step_mode="m"), _widths(args.width_div),
                            time_loop)
     run = torch.compile(model) if compiled else model
-    return model, run, lambda: functional.reset_net(model)
+    return model, _bf16(run) if bf16 else run, lambda: functional.reset_net(model)
 
 
 def _snntorch_model(args):
@@ -174,9 +187,9 @@ def _snntorch_model(args):
     return model, model, reset
 
 
-def _conv_stack(args):
-    """The bare convolutions of the spikeforge model (shapes, channels_last, fp32, stem once per image), forward +
-    backward: what the machine can do on this network's arithmetic with nothing else around it."""
+def _conv_stack(args, bf16: bool = False):
+    """The bare convolutions of the spikeforge model (shapes, channels_last, fp32 or bf16 autocast, stem once per
+    image), forward + backward: what the machine can do on this network's arithmetic with nothing else around it."""
     import torch
     from torch import nn
 
@@ -204,7 +217,7 @@ def _conv_stack(args):
             out = block[1](block[0](out))
         return (total + out.sum()).reshape(1, 1).expand(batch, 10)
 
-    return model, run, None
+    return model, _bf16(run) if bf16 else run, None
 
 
 # ------------------------------------------------------------------------------------------------ one child
@@ -256,12 +269,12 @@ def _child(args) -> None:
     name = args.child
     if name in SPIKEFORGE:
         model, run, reset = _spikeforge_model(SPIKEFORGE[name], args)
-    elif name in ("spikingjelly", "spikingjelly-compile"):
-        model, run, reset = _spikingjelly_model(args, compiled=name.endswith("compile"))
+    elif name in ("spikingjelly", "spikingjelly-compile", "spikingjelly-compile-bf16"):
+        model, run, reset = _spikingjelly_model(args, compiled="compile" in name, bf16=name.endswith("bf16"))
     elif name == "snntorch":
         model, run, reset = _snntorch_model(args)
-    elif name == CONV_STACK:
-        model, run, reset = _conv_stack(args)
+    elif name in (CONV_STACK, CONV_STACK_BF16):
+        model, run, reset = _conv_stack(args, bf16=name == CONV_STACK_BF16)
     else:
         raise SystemExit(f"unknown framework {name!r}; choose from {', '.join(all_frameworks())}")
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
@@ -300,7 +313,11 @@ def _child(args) -> None:
 # ------------------------------------------------------------------------------------------------ the parent
 
 def all_frameworks() -> list[str]:
-    return [*SPIKEFORGE, *PEERS, CONV_STACK]
+    return [*SPIKEFORGE, *PEERS, *PEER_VARIANTS, CONV_STACK, CONV_STACK_BF16]
+
+
+def _is_bf16(name: str) -> bool:
+    return name.endswith("-bf16") and not name.endswith("-bf16mem")
 
 
 class _Child:
@@ -382,7 +399,7 @@ def _table(results: list[dict], args) -> str:
     fastest = max(peers, key=lambda r: r["images_per_s"], default=None)
     leanest = min(peers, key=lambda r: r["ru_maxrss"], default=None)
     leanest_step = min(peers, key=lambda r: r["step_peak_rss"], default=None)
-    conv = next((r for r in ok if r["name"] == CONV_STACK), None)
+    conv = {n: next((r for r in ok if r["name"] == n), None) for n in (CONV_STACK, CONV_STACK_BF16)}
     lines = ["| framework | step (s, median) | images/s | vs fastest peer | peak RSS (ru_maxrss) | vs leanest peer "
              "| RSS peak in timed steps | vs leanest peer | conv share |",
              "|---|---|---|---|---|---|---|---|---|"]
@@ -393,7 +410,8 @@ def _table(results: list[dict], args) -> str:
         speed = f"{r['images_per_s'] / fastest['images_per_s']:.2f}x" if fastest else "-"
         memory = f"{r['ru_maxrss'] / leanest['ru_maxrss']:.2f}x" if leanest else "-"
         step_memory = f"{r['step_peak_rss'] / leanest_step['step_peak_rss']:.2f}x" if leanest_step else "-"
-        share = f"{conv['seconds'] / r['seconds']:.0%}" if conv and r is not conv else "-"
+        stack = conv[CONV_STACK_BF16 if _is_bf16(r["name"]) else CONV_STACK]  # the ceiling at r's precision
+        share = f"{stack['seconds'] / r['seconds']:.0%}" if stack and r is not stack else "-"
         lines.append(f"| {r['name']} | {r['seconds']:.3f} | {r['images_per_s']:.1f} | {speed} | "
                      f"{r['ru_maxrss'] / 2**30:.2f} GiB | {memory} | {r['step_peak_rss'] / 2**30:.2f} GiB | "
                      f"{step_memory} | {share} |")
@@ -430,6 +448,8 @@ def main(argv: list[str] | None = None) -> int:
         args.frameworks.append("spikeforge-sltt")
     if args.conv_stack and CONV_STACK not in args.frameworks:
         args.frameworks.append(CONV_STACK)
+    if args.conv_stack and any(_is_bf16(f) for f in args.frameworks) and CONV_STACK_BF16 not in args.frameworks:
+        args.frameworks.append(CONV_STACK_BF16)
     unknown = [f for f in args.frameworks if f not in all_frameworks()]
     if unknown:
         print(f"unknown framework(s) {unknown}; choose from {', '.join(all_frameworks())}", file=sys.stderr)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .neuron import LIF, Surrogate
+from .neuron import LIF, Surrogate, membrane_dtype as _compute_dtype
 
 __all__ = ["lif_forward", "FusedLIFFunction", "FusedLIF", "fused_lif_neuron", "SpikeConv2dFunction",
            "spike_input_convs"]
@@ -40,17 +40,19 @@ def lif_forward(current: torch.Tensor, *, threshold: float, leak_shift: int | No
 
     The float operations are those of :meth:`LIF.single_step` in the same order (leak as V - V * 2^-k, then + I;
     reset as V - S * theta), so the spikes are bit-identical. ``(V - theta) / theta >= 0`` is ``V >= theta``: IEEE
-    subtraction of two different finite numbers is never 0, and dividing by theta > 0 keeps the sign.
+    subtraction of two different finite numbers is never 0, and dividing by theta > 0 keeps the sign. A bf16 / fp16
+    current integrates in float32, like LIF (``neuron.membrane_dtype``); the spikes have the current's dtype.
     """
+    compute = _compute_dtype(current.dtype)
     spikes = _empty_steps(current, current.dtype)
-    membranes = _empty_steps(current, membrane_dtype or current.dtype)
-    exact_store = membranes.dtype == current.dtype
+    membranes = _empty_steps(current, membrane_dtype or compute)
+    exact_store = membranes.dtype == compute
     after_reset = before_fire = None
     for t in range(current.shape[0]):
         # written with out= into preallocated buffers: ~4 memory passes per step, no temporaries
         before_fire = membranes[t] if exact_store else before_fire
         if t == 0:
-            before_fire = before_fire.copy_(current[0]) if exact_store else current[0].clone()
+            before_fire = before_fire.copy_(current[0]) if exact_store else current[0].to(compute, copy=True)
         elif leak_shift is not None:
             # u + (-2^-k) u rounds u (1 - 2^-k) once, like LIF's u - u * 2^-k (u * 2^-k is exact)
             before_fire = torch.add(after_reset, after_reset, alpha=-(2.0 ** -leak_shift), out=before_fire)
@@ -65,18 +67,20 @@ def lif_forward(current: torch.Tensor, *, threshold: float, leak_shift: int | No
     return spikes, membranes
 
 
-def _forward_kernel(current, threshold: float, leak_shift: int | None, membrane_dtype: torch.dtype):
+def _forward_kernel(current, threshold: float, leak_shift: int | None, membrane_dtype: torch.dtype,
+                    compute: torch.dtype):
     """The whole T-step forward as one elementwise program, returning (spikes, membranes before firing): under
     torch.compile the unrolled loop becomes ONE fused loop over the neurons that reads each current once and
-    writes each spike and membrane once."""
+    writes each spike and membrane once. The membrane is kept in ``compute`` (float32 for a bf16 / fp16 current)."""
     after_reset, spikes, membranes = None, [], []
     for t in range(current.shape[0]):
+        step = current[t].to(compute)
         if after_reset is None:
-            before_fire = current[t]
+            before_fire = step
         elif leak_shift is None:
-            before_fire = after_reset + current[t]
+            before_fire = after_reset + step
         else:
-            before_fire = after_reset - after_reset * (2.0 ** -leak_shift) + current[t]
+            before_fire = after_reset - after_reset * (2.0 ** -leak_shift) + step
         fired = (before_fire >= threshold).to(current.dtype)
         spikes.append(fired)
         membranes.append(before_fire.to(membrane_dtype))
@@ -146,15 +150,18 @@ class FusedLIFFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, current, surrogate, threshold, leak_shift, detach_reset, temporal_window, membrane_dtype,
                 compiled=False):
+        compute = _compute_dtype(current.dtype)
         if compiled:
-            spikes, membranes = _compiled("forward")(current, threshold, leak_shift, membrane_dtype or current.dtype)
+            spikes, membranes = _compiled("forward")(current, threshold, leak_shift, membrane_dtype or compute,
+                                                     compute)
         else:
             spikes, membranes = lif_forward(current, threshold=threshold, leak_shift=leak_shift,
                                             membrane_dtype=membrane_dtype)
         ctx.compiled = compiled
         ctx.save_for_backward(membranes)
         ctx.surrogate, ctx.threshold, ctx.leak_shift = surrogate, threshold, leak_shift
-        ctx.detach_reset, ctx.temporal_window, ctx.dtype = detach_reset, temporal_window, current.dtype
+        ctx.detach_reset, ctx.temporal_window, ctx.dtype = detach_reset, temporal_window, compute
+        ctx.current_dtype = current.dtype  # the gradient goes back in it; the recurrence runs in ctx.dtype
         return spikes
 
     @staticmethod
@@ -171,10 +178,10 @@ class FusedLIFFunction(torch.autograd.Function):
         if ctx.compiled and window != 1:
             grad_current = _compiled("backward")(grad_spikes, membranes, surrogate, theta, ctx.leak_shift,
                                                  ctx.detach_reset, window, ctx.dtype)
-            return grad_current, None, None, None, None, None, None, None
+            return grad_current.to(ctx.current_dtype), None, None, None, None, None, None, None
         slope = slope(slice(None))  # all steps at once: a few large vectorized passes
         if window == 1:  # SLTT: no temporal path at all
-            return grad_spikes * slope, None, None, None, None, None, None, None
+            return (grad_spikes * slope).to(ctx.current_dtype), None, None, None, None, None, None, None
         # dL/dV_t = b_t + c_t * dL/dV_{t+1} with b_t = grad_spikes[t] * g_t and c_t = lambda (1 - theta g_t)
         # (c_t = lambda with detach_reset): a linear recurrence, one fused multiply-add per step
         decay = 1.0 if ctx.leak_shift is None else 1.0 - 2.0 ** -ctx.leak_shift
@@ -188,7 +195,7 @@ class FusedLIFFunction(torch.autograd.Function):
                 grad_current[t].add_(grad_current[t + 1], alpha=decay)
             else:
                 grad_current[t].addcmul_(carry[t], grad_current[t + 1])
-        return grad_current, None, None, None, None, None, None, None
+        return grad_current.to(ctx.current_dtype), None, None, None, None, None, None, None
 
 
 class FusedLIF(LIF):
@@ -248,15 +255,24 @@ def fused_lif_neuron(surrogate: str | Surrogate = "arctan", width: float = 0.5, 
 
 class SpikeConv2dFunction(torch.autograd.Function):
     """conv2d whose input is known to be binary spikes: saved for the weight gradient as bool (1 byte instead of
-    4) and turned back into float, exactly, in backward. ``apply(x, weight, stride, padding)``, no bias."""
+    4) and turned back into float, exactly, in backward. ``apply(x, weight, stride, padding)``, no bias.
+
+    Under autocast (``torch.autocast(device, dtype)``) it computes like autocast's own conv2d: input, weight and
+    (in backward) the output gradient in the autocast dtype; the gradients go back in the input's and the
+    weight's own dtypes."""
 
     @staticmethod
     def forward(ctx, x, weight, stride, padding):
+        device = x.device.type
+        dtype = torch.promote_types(x.dtype, weight.dtype)
+        if torch.is_autocast_enabled(device) and dtype != torch.float64:  # autocast leaves float64 alone
+            dtype = torch.get_autocast_dtype(device)
         ctx.save_for_backward(x.to(torch.bool) if x.requires_grad or weight.requires_grad else x, weight)
-        ctx.dtype, ctx.stride, ctx.padding = x.dtype, stride, padding
+        ctx.dtype, ctx.x_dtype, ctx.stride, ctx.padding = dtype, x.dtype, stride, padding
         ctx.channels_last = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) \
             and not x.is_contiguous()
-        return torch.nn.functional.conv2d(x, weight, None, stride, padding)
+        with torch.autocast(device, enabled=False):
+            return torch.nn.functional.conv2d(x.to(dtype), weight.to(dtype), None, stride, padding)
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -265,9 +281,10 @@ class SpikeConv2dFunction(torch.autograd.Function):
         if ctx.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         grad_x, grad_w, _ = torch.ops.aten.convolution_backward(
-            grad_out, x, weight, None, list(ctx.stride), list(ctx.padding), [1, 1], False, [0, 0], 1,
-            [ctx.needs_input_grad[0], ctx.needs_input_grad[1], False])
-        return grad_x, grad_w, None, None
+            grad_out.to(ctx.dtype), x, weight.to(ctx.dtype), None, list(ctx.stride), list(ctx.padding), [1, 1],
+            False, [0, 0], 1, [ctx.needs_input_grad[0], ctx.needs_input_grad[1], False])
+        return (None if grad_x is None else grad_x.to(ctx.x_dtype),
+                None if grad_w is None else grad_w.to(weight.dtype), None, None)
 
 
 class _SpikeInputConv2d(nn.Conv2d):

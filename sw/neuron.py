@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 __all__ = ["Surrogate", "Rectangular", "Triangular", "FastSigmoid", "ArcTan", "Sigmoid", "SURROGATES",
-           "make_surrogate", "spike", "LIF"]
+           "make_surrogate", "membrane_dtype", "spike", "LIF"]
 
 
 class _SpikeFunction(torch.autograd.Function):
@@ -128,6 +128,13 @@ class Sigmoid(Surrogate):
 SURROGATES = {cls.name: cls for cls in (Rectangular, Triangular, FastSigmoid, ArcTan, Sigmoid)}
 
 
+def membrane_dtype(current_dtype: torch.dtype) -> torch.dtype:
+    """The dtype a neuron integrates its membrane in: float32 for a low-precision current (bf16 / fp16 under
+    mixed precision, where rounding the running membrane every step would move the spike times), else the
+    current's own dtype. Spikes go out in the current's dtype (0 and 1 are exact in every float format)."""
+    return torch.float32 if current_dtype in (torch.float16, torch.bfloat16) else current_dtype
+
+
 def make_surrogate(kind: str | Surrogate = "arctan", width: float = 0.5) -> Surrogate:
     """A surrogate by name (one of :data:`SURROGATES`), or the given object unchanged."""
     if isinstance(kind, Surrogate):
@@ -155,7 +162,8 @@ class LIF(nn.Module):
       its integer threshold); the surrogate sees (V - theta) / theta.
     * ``reset``: V <- V - S * theta (reset by subtraction, as in the hardware).
 
-    V starts at 0 for every sequence. ``detach_reset`` stops the gradient through the reset path (SpikingJelly's
+    V starts at 0 for every sequence and is kept in :func:`membrane_dtype` (float32 for a bf16 / fp16 current
+    under mixed precision); the spikes have the current's dtype. ``detach_reset`` stops the gradient through the reset path (SpikingJelly's
     option; off by default).
     """
 
@@ -198,9 +206,9 @@ class LIF(nn.Module):
         return spikes, self.reset(membrane, spikes)
 
     def forward(self, current: torch.Tensor) -> torch.Tensor:
-        membrane = torch.zeros_like(current[0])
+        membrane = torch.zeros_like(current[0], dtype=membrane_dtype(current.dtype))
         spikes = []
         for t in range(current.shape[0]):
             s, membrane = self.single_step(membrane, current[t])
             spikes.append(s)
-        return torch.stack(spikes)
+        return torch.stack(spikes).to(current.dtype)

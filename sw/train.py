@@ -510,7 +510,9 @@ def _train(config: TrainConfig, dist: _Dist) -> dict:
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype is torch.float16)
 
     def autocast():
-        if amp_dtype is None:
+        # QAT runs in float32: deploy-aware QAT sums integer units that bf16 (8 significant bits) cannot hold
+        # exactly, and the QAT phase is short; mixed precision is for the float phase
+        if amp_dtype is None or phase == "qat":
             return contextlib.nullcontext()
         return torch.autocast(device.type, dtype=amp_dtype)
 
@@ -791,7 +793,8 @@ _HELP = {
     "label_smoothing": "cross-entropy label smoothing",
     "momentum": "sgd momentum",
     "nesterov": "sgd Nesterov momentum (true/false)",
-    "amp": "mixed precision: off | bf16 | fp16 (fp16 on CUDA only, with a gradient scaler)",
+    "amp": "mixed precision of the float phase: off | bf16 | fp16 (fp16 on CUDA only, with a gradient scaler); "
+           "QAT runs in float32",
     "compile": "torch.compile the training model (true/false)",
     "deterministic": "torch.use_deterministic_algorithms (warn only) and no cuDNN autotuning (true/false)",
     "grad_checkpoint": "recompute each block's forward during backward: less memory for deep nets and long T",

@@ -142,3 +142,45 @@ def test_compiled_kernels_match_autograd(window):
     with torch.no_grad():
         expected = LIF("arctan", leak_shift=1)(current32)
     assert torch.equal(FusedLIF("arctan", leak_shift=1, compiled=True)(current32.requires_grad_(True)), expected)
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_bf16_current_integrates_in_float32(compiled):
+    """Under mixed precision a layer's current arrives in bf16: the membrane still integrates in float32 (the
+    spikes are those of the float32 neuron on the same values), spikes and gradient go back in bf16."""
+    current = _current(torch.float32, seed=8).to(torch.bfloat16)
+    weights = torch.randn(current.shape, generator=torch.Generator().manual_seed(9)).to(torch.bfloat16)
+    fused = FusedLIF("arctan", leak_shift=1, compiled=compiled)
+    spikes, grad = _grads(fused, current, weights)
+    ref_spikes, ref_grad = _grads(FusedLIF("arctan", leak_shift=1, compiled=compiled), current.float(),
+                                  weights.float())
+    assert spikes.dtype == grad.dtype == torch.bfloat16
+    assert torch.equal(spikes.float(), ref_spikes) and 0 < ref_spikes.mean() < 1
+    assert torch.equal(grad, ref_grad.to(torch.bfloat16))
+    # the autograd LIF keeps the same float32 membrane: same spikes, and in bf16 (a bf16 membrane would differ)
+    assert torch.equal(LIF("arctan", leak_shift=1)(current), spikes.detach())
+    bf16_membrane = _reference(LIF("arctan", leak_shift=1), current, None)
+    assert not torch.equal(bf16_membrane, spikes.detach())
+
+
+def test_spike_input_conv_under_autocast():
+    """A bool-saved spike conv computes like autocast's own conv2d: bf16 forward, gradients in the inputs' dtypes."""
+    g = torch.Generator().manual_seed(10)
+    x = (torch.rand(6, 8, 7, 7, generator=g) < 0.3).float().contiguous(memory_format=torch.channels_last)
+    conv, ref = nn.Conv2d(8, 16, 3, padding=1, bias=False), nn.Conv2d(8, 16, 3, padding=1, bias=False)
+    ref.load_state_dict(conv.state_dict())
+    spike_input_convs(nn.Sequential(nn.Conv2d(8, 8, 1, bias=False), conv), skip=("0",))
+    assert type(conv) is not nn.Conv2d
+    weights = torch.randn(6, 16, 7, 7, generator=g)
+    results = []
+    for module in (conv, ref):
+        xi = x.clone().requires_grad_(True)
+        with torch.autocast("cpu", torch.bfloat16):
+            out = module(xi)
+        (out.float() * weights).sum().backward()
+        results.append((out, xi.grad, module.weight.grad))
+    (out, gx, gw), (ref_out, ref_gx, ref_gw) = results
+    assert out.dtype == torch.bfloat16 and torch.equal(out, ref_out)
+    assert gx.dtype == gw.dtype == torch.float32
+    torch.testing.assert_close(gx, ref_gx)
+    torch.testing.assert_close(gw, ref_gw)
