@@ -163,8 +163,8 @@ class LIF(nn.Module):
     * ``reset``: V <- V - S * theta (reset by subtraction, as in the hardware).
 
     V starts at 0 for every sequence and is kept in :func:`membrane_dtype` (float32 for a bf16 / fp16 current
-    under mixed precision); the spikes have the current's dtype. ``detach_reset`` stops the gradient through the reset path (SpikingJelly's
-    option; off by default).
+    under mixed precision); the spikes have the current's dtype. ``detach_reset`` stops the gradient through the
+    reset path (SpikingJelly's option; off by default).
     """
 
     def __init__(self, surrogate: Surrogate | str = "arctan", width: float = 0.5, *, threshold: float = 1.0,

@@ -5,8 +5,8 @@
                                     [--out docs/results.md] [--png docs/accuracy_vs_T.png] [--archive docs/runs]
 
 A run is a training folder (its ``summary.json``) or an archived summary: every folder given is also copied to
-``--archive``/<folder name>.json (default docs/runs/, beside ``--out``), so the page can be rebuilt after ``build/`` is gone (``docs/runs/*.json`` in
-the command line; a folder given too replaces its archived copy).
+``--archive``/<folder name>.json (default docs/runs/, beside ``--out``), so the page can be rebuilt after ``build/``
+is gone (``docs/runs/*.json`` in the command line; a folder given too replaces its archived copy).
 
 Per run: dataset, model, T, epochs, train images, wall time, float / QAT / deployed integer accuracy. ANN-twin runs
 are paired with the spiking run of the same dataset and architecture (the SNN-vs-ANN gap). ``--accuracy-vs-t RUN``
