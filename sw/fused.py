@@ -13,7 +13,7 @@ from torch import nn
 from .neuron import LIF, Surrogate, membrane_dtype as _compute_dtype
 
 __all__ = ["lif_forward", "FusedLIFFunction", "FusedLIF", "fused_lif_neuron", "SpikeConv2dFunction",
-           "spike_input_convs"]
+           "spike_input_convs", "BNLIFFunction", "can_fuse_bn", "bn_lif"]
 
 
 def _check_window(temporal_window: int | None) -> int | None:
@@ -74,13 +74,7 @@ def _forward_kernel(current, threshold: float, leak_shift: int | None, membrane_
     writes each spike and membrane once. The membrane is kept in ``compute`` (float32 for a bf16 / fp16 current)."""
     after_reset, spikes, membranes = None, [], []
     for t in range(current.shape[0]):
-        step = current[t].to(compute)
-        if after_reset is None:
-            before_fire = step
-        elif leak_shift is None:
-            before_fire = after_reset + step
-        else:
-            before_fire = after_reset - after_reset * (2.0 ** -leak_shift) + step
+        before_fire = _charge(after_reset, current[t].to(compute), leak_shift)
         fired = (before_fire >= threshold).to(current.dtype)
         spikes.append(fired)
         membranes.append(before_fire.to(membrane_dtype))
@@ -91,10 +85,17 @@ def _forward_kernel(current, threshold: float, leak_shift: int | None, membrane_
 def _backward_kernel(grad_spikes, membranes, surrogate, threshold: float, leak_shift: int | None,
                      detach_reset: bool, window: int | None, dtype: torch.dtype):
     """The whole T-step exact/truncated BPTT backward as one elementwise program (see FusedLIFFunction)."""
+    steps = [membranes[t].to(dtype) for t in range(membranes.shape[0])]
+    return torch.stack(_bptt(grad_spikes, steps, surrogate, threshold, leak_shift, detach_reset, window))
+
+
+def _bptt(grad_spikes, membranes: list, surrogate, threshold: float, leak_shift: int | None, detach_reset: bool,
+          window: int | None) -> list:
+    """dL/dI_t for every step from dL/dS_t and the membranes before firing V_t (FusedLIFFunction's equations)."""
     decay = 1.0 if leak_shift is None else 1.0 - 2.0 ** -leak_shift
     grad_after_reset, grads = None, []
-    for t in range(membranes.shape[0] - 1, -1, -1):
-        membrane = membranes[t].to(dtype)
+    for t in range(len(membranes) - 1, -1, -1):
+        membrane = membranes[t]
         if threshold == 1.0:
             slope = surrogate.derivative(membrane - 1.0)
         else:
@@ -107,7 +108,95 @@ def _backward_kernel(grad_spikes, membranes, surrogate, threshold: float, leak_s
         grads.append(grad_membrane)
         cut = t == 0 or (window is not None and t % window == 0)
         grad_after_reset = None if cut else grad_membrane * decay
-    return torch.stack(grads[::-1])
+    return grads[::-1]
+
+
+# ------------------------------------------------------------------- BN + LIF (+ residual current) as one node
+# A population's training-mode current is BN(conv output) (+ the shortcut's current at a residual join). Run as
+# separate modules, BN writes its output, the LIF reads it and saves its membranes, and BN's backward reads its
+# input and the LIF's gradient twice more. Fused, the forward reads the conv output twice (statistics, then
+# normalize + integrate + fire in one loop) and writes only the spikes; backward recomputes the membranes from the
+# conv output and the SAVED spikes (so the reset path is the forward's, bit for bit, whatever the rounding of the
+# recomputation) and produces BN's gradients in the same program. Saved per neuron: the conv output (which BN saves
+# anyway) and 1 byte of spikes, instead of the conv output + a float membrane.
+
+def _rows(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """x [T, ...] as a view in which each step is one dense block in memory order, so the compiled kernels run ONE
+    flat vectorized loop (given [T, B, C, H, W] with channels_last steps, Inductor transposes 8x8 tiles in and out
+    of NCHW order and splits the program into several loops; measured 1.6 GB/s instead of ~8). ``channels_last``
+    (5-D only): [T, B*H*W, C]; otherwise [T, B, C, H*W] (5-D) or [T, n]. Copies only if x is not in that order;
+    a step-expanded x (stride 0 over T) stays a view."""
+    if channels_last:
+        steps, batch, channels, height, width = x.shape
+        return x.permute(0, 1, 3, 4, 2).reshape(steps, batch * height * width, channels)
+    if x.ndim == 5:
+        return x.reshape(*x.shape[:3], -1)
+    return x.reshape(x.shape[0], -1)
+
+
+def _unrows(rows: torch.Tensor, shape: torch.Size, channels_last: bool) -> torch.Tensor:
+    """The inverse of :func:`_rows`: ``rows`` back to ``shape`` (channels_last steps when ``channels_last``)."""
+    if channels_last:
+        steps, batch, channels, height, width = shape
+        return rows.view(steps, batch, height, width, channels).permute(0, 1, 4, 2, 3)
+    return rows.view(shape)
+
+
+def _steps_channels_last(x: torch.Tensor) -> bool:
+    step = x[0]
+    return x.ndim == 5 and step.is_contiguous(memory_format=torch.channels_last) and not step.is_contiguous()
+
+
+def _charge(after_reset, current, leak_shift: int | None):
+    """The membrane before firing: leak the membrane after the last reset (None at t = 0), add the current."""
+    if after_reset is None:
+        return current
+    if leak_shift is None:
+        return after_reset + current
+    return after_reset - after_reset * (2.0 ** -leak_shift) + current
+
+
+def _bn_lif_affine(gamma, beta, mean, var, eps: float, scale: float, channels_last: bool, compute: torch.dtype):
+    """Per-channel a, d of BN(y) = a * y + d, shaped to broadcast over :func:`_rows` of y."""
+    a = gamma.to(compute) * scale * torch.rsqrt(var + eps)  # tdBN: gamma * (scale * x_hat) + beta
+    d = beta.to(compute) - mean * a
+    return (a, d) if channels_last else (a.view(-1, 1), d.view(-1, 1))
+
+
+def _bn_lif_forward_kernel(y, gamma, beta, extra, eps: float, scale: float, threshold: float,
+                           leak_shift: int | None, channels_last: bool, compute: torch.dtype):
+    """Batch statistics of y (rows of a [T, B, C, H, W] conv output), then the T-step LIF on a * y + d (+ extra):
+    (spikes, mean, var)."""
+    var, mean = torch.var_mean(y.to(compute), dim=(0, 1) if channels_last else (0, 1, 3), correction=0)
+    a, d = _bn_lif_affine(gamma, beta, mean, var, eps, scale, channels_last, compute)
+    after_reset, spikes = None, []
+    for t in range(y.shape[0]):
+        current = y[t].to(compute) * a + d
+        if extra is not None:
+            current = current + extra[t].to(compute)
+        before_fire = _charge(after_reset, current, leak_shift)
+        fired = (before_fire >= threshold).to(y.dtype)
+        spikes.append(fired)
+        after_reset = before_fire - fired * threshold
+    return torch.stack(spikes), mean, var
+
+
+def _bn_lif_backward_kernel(grad_spikes, y, fired, extra, gamma, beta, mean, var, eps: float, scale: float,
+                            surrogate, threshold: float, leak_shift: int | None, detach_reset: bool,
+                            window: int | None, channels_last: bool, compute: torch.dtype):
+    """dL/dcurrent: the membranes recomputed with the saved spikes (the forward's reset path, bit for bit), then
+    BPTT. BN's own backward runs after it as ATen's (one optimized kernel)."""
+    a, d = _bn_lif_affine(gamma, beta, mean, var, eps, scale, channels_last, compute)
+    after_reset, membranes = None, []
+    for t in range(y.shape[0]):
+        current = y[t].to(compute) * a + d
+        if extra is not None:
+            current = current + extra[t].to(compute)
+        before_fire = _charge(after_reset, current, leak_shift)
+        membranes.append(before_fire)
+        after_reset = before_fire - fired[t].to(compute) * threshold
+    return torch.stack(_bptt(grad_spikes.to(compute), membranes, surrogate, threshold, leak_shift, detach_reset,
+                             window))
 
 
 _COMPILED: dict[str, object] = {}
@@ -121,8 +210,9 @@ RECOMPILE_LIMIT = 64
 def _compiled(name: str):
     """torch.compile of a kernel above, made on first use (compiling takes seconds; eager users never pay it)."""
     if name not in _COMPILED:
-        kernel = torch.compile({"forward": _forward_kernel, "backward": _backward_kernel}[name], dynamic=True,
-                               fullgraph=True)
+        kernels = {"forward": _forward_kernel, "backward": _backward_kernel,
+                   "bn_forward": _bn_lif_forward_kernel, "bn_backward": _bn_lif_backward_kernel}
+        kernel = torch.compile(kernels[name], dynamic=True, fullgraph=True)
 
         def run(*args):
             with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
@@ -151,9 +241,12 @@ class FusedLIFFunction(torch.autograd.Function):
     def forward(ctx, current, surrogate, threshold, leak_shift, detach_reset, temporal_window, membrane_dtype,
                 compiled=False):
         compute = _compute_dtype(current.dtype)
-        if compiled:
-            spikes, membranes = _compiled("forward")(current, threshold, leak_shift, membrane_dtype or compute,
-                                                     compute)
+        if compiled:  # on the flat steps (see _rows), returned in the current's shape and layout
+            channels_last = _steps_channels_last(current)
+            spikes, membranes = _compiled("forward")(_rows(current, channels_last).flatten(1), threshold,
+                                                     leak_shift, membrane_dtype or compute, compute)
+            spikes = _unrows(spikes, current.shape, channels_last)
+            membranes = _unrows(membranes, current.shape, channels_last)
         else:
             spikes, membranes = lif_forward(current, threshold=threshold, leak_shift=leak_shift,
                                             membrane_dtype=membrane_dtype)
@@ -176,8 +269,11 @@ class FusedLIFFunction(torch.autograd.Function):
             return surrogate.derivative((membrane - theta) / theta) / theta
 
         if ctx.compiled and window != 1:
-            grad_current = _compiled("backward")(grad_spikes, membranes, surrogate, theta, ctx.leak_shift,
-                                                 ctx.detach_reset, window, ctx.dtype)
+            channels_last = _steps_channels_last(membranes)
+            grad_current = _compiled("backward")(_rows(grad_spikes, channels_last).flatten(1),
+                                                 _rows(membranes, channels_last).flatten(1), surrogate, theta,
+                                                 ctx.leak_shift, ctx.detach_reset, window, ctx.dtype)
+            grad_current = _unrows(grad_current, membranes.shape, channels_last)
             return grad_current.to(ctx.current_dtype), None, None, None, None, None, None, None
         slope = slope(slice(None))  # all steps at once: a few large vectorized passes
         if window == 1:  # SLTT: no temporal path at all
@@ -210,16 +306,20 @@ class FusedLIF(LIF):
       ``torch.bfloat16`` halves that memory at the cost of surrogate slopes evaluated at a rounded membrane).
     * ``compiled``: run the T-step forward and backward loops as two torch.compile'd elementwise kernels (one
       pass over memory each instead of ~5 per step; the first call of each shape compiles for seconds).
+    * ``fuse_bn`` (with ``compiled``): where a model asks for it (:func:`bn_lif`, used by the spiking ResNet's
+      blocks), the training-mode BN before this neuron and a residual join's shortcut current run inside the
+      neuron's kernels (:class:`BNLIFFunction`); False keeps BN a separate module.
     """
 
     def __init__(self, surrogate: Surrogate | str = "arctan", width: float = 0.5, *, threshold: float = 1.0,
                  leak_shift: int | None = None, detach_reset: bool = False, temporal_window: int | None = None,
-                 membrane_dtype: torch.dtype | None = None, compiled: bool = False):
+                 membrane_dtype: torch.dtype | None = None, compiled: bool = False, fuse_bn: bool = True):
         # the same neuron as LIF (arguments, checks, charge/fire/reset); only forward runs fused
         super().__init__(surrogate, width, threshold=threshold, leak_shift=leak_shift, detach_reset=detach_reset)
         self.temporal_window = _check_window(temporal_window)
         self.membrane_dtype = membrane_dtype
         self.compiled = bool(compiled)
+        self.fuse_bn = bool(fuse_bn)
 
     def extra_repr(self) -> str:
         return (f"surrogate={self.surrogate}, threshold={self.threshold:g}, leak_shift={self.leak_shift}, "
@@ -236,7 +336,8 @@ class FusedLIF(LIF):
 
 def fused_lif_neuron(surrogate: str | Surrogate = "arctan", width: float = 0.5, *, leak_shift: int | None = None,
                      detach_reset: bool = False, threshold: float = 1.0, temporal_window: int | None = None,
-                     sltt: bool = False, membrane_dtype: torch.dtype | None = None, compiled: bool = False):
+                     sltt: bool = False, membrane_dtype: torch.dtype | None = None, compiled: bool = False,
+                     fuse_bn: bool = True):
     """A neuron factory for :class:`~spikeforge.sw.resnet.SpikingResNet` (``neuron=``), like
     :func:`~spikeforge.sw.resnet.lif_neuron` but building :class:`FusedLIF`; ``sltt=True`` is
     ``temporal_window=1``."""
@@ -248,9 +349,92 @@ def fused_lif_neuron(surrogate: str | Surrogate = "arctan", width: float = 0.5, 
 
     def neuron() -> FusedLIF:
         return FusedLIF(surrogate, width, threshold=threshold, leak_shift=leak_shift, detach_reset=detach_reset,
-                        temporal_window=temporal_window, membrane_dtype=membrane_dtype, compiled=compiled)
+                        temporal_window=temporal_window, membrane_dtype=membrane_dtype, compiled=compiled,
+                        fuse_bn=fuse_bn)
 
     return neuron
+
+
+class BNLIFFunction(torch.autograd.Function):
+    """``apply(y, gamma, beta, extra, extra_binary, eps, scale, neuron) -> (spikes, mean, var)``: training-mode
+    batch norm of the conv output ``y [T, B, C, H, W]`` (statistics over T, B, H, W: the paper's BN shared by all
+    steps; ``scale`` is tdBN's alpha * V_th, 1 for plain BN), plus ``extra`` (the shortcut current of a residual
+    join, or None), integrated and fired by ``neuron`` (a FusedLIF) over the T steps, in two compiled kernels (see
+    the comment above ``_bn_lif_forward_kernel``). ``mean`` and ``var`` (biased) are the batch statistics, for the
+    caller's running-statistics update. ``extra_binary``: extra is spikes (an identity shortcut), saved as bool.
+
+    The gradients are exact BPTT through the LIF (the neuron's ``temporal_window`` applies) and exact BN backward;
+    they equal the unfused modules' up to float rounding (the normalization is computed as a * y + d).
+    """
+
+    @staticmethod
+    def forward(ctx, y, gamma, beta, extra, extra_binary, eps, scale, neuron):
+        compute, channels_last = _compute_dtype(y.dtype), _steps_channels_last(y)
+        extra = None if extra is None else _rows(extra, channels_last)
+        spikes, mean, var = _compiled("bn_forward")(_rows(y, channels_last), gamma, beta, extra, eps, scale,
+                                                    neuron.threshold, neuron.leak_shift, channels_last, compute)
+        saved_extra = None if extra is None else (extra.to(torch.bool) if extra_binary else extra)
+        ctx.save_for_backward(y, spikes.to(torch.bool), saved_extra, gamma, beta, mean, var)
+        ctx.eps, ctx.scale, ctx.neuron, ctx.compute, ctx.channels_last = eps, scale, neuron, compute, channels_last
+        ctx.extra_dtype = None if extra is None else extra.dtype
+        ctx.mark_non_differentiable(mean, var)
+        return _unrows(spikes, y.shape, channels_last), mean, var
+
+    @staticmethod
+    def backward(ctx, grad_spikes, _grad_mean, _grad_var):
+        y, fired, extra, gamma, beta, mean, var = ctx.saved_tensors
+        n, channels_last = ctx.neuron, ctx.channels_last
+        grad_current = _compiled("bn_backward")(
+            _rows(grad_spikes, channels_last), _rows(y, channels_last), fired, extra, gamma, beta, mean, var,
+            ctx.eps, ctx.scale, n.surrogate, n.threshold, n.leak_shift, n.detach_reset, n.temporal_window,
+            channels_last, ctx.compute)
+        grad_current = _unrows(grad_current, y.shape, channels_last)
+        # BN backward of out = gamma' * x_hat + beta with gamma' = scale * gamma (tdBN), in ATen's kernel
+        grad_y, grad_weight, grad_beta = torch.ops.aten.native_batch_norm_backward(
+            grad_current.flatten(0, 1), y.flatten(0, 1).to(ctx.compute), (gamma * ctx.scale).to(ctx.compute),
+            None, None, mean, torch.rsqrt(var + ctx.eps), True, ctx.eps,
+            [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]])
+        grad_extra = None if ctx.extra_dtype is None else grad_current.to(ctx.extra_dtype)
+        return (None if grad_y is None else grad_y.view(y.shape).to(y.dtype),
+                None if grad_weight is None else (grad_weight * ctx.scale).to(gamma.dtype),
+                None if grad_beta is None else grad_beta.to(beta.dtype), grad_extra, None, None, None, None)
+
+
+def _plain_bn(bn: nn.Module):
+    """The BatchNorm2d inside a SharedBN / TdBN that the fused node can replace, or None."""
+    from .bn import SharedBN  # TdBN is a SharedBN with a scale
+    norm = getattr(bn, "norm", None)
+    if not isinstance(bn, SharedBN) or type(norm) is not nn.BatchNorm2d:
+        return None
+    if not (norm.training and norm.affine and norm.track_running_stats):
+        return None
+    return norm
+
+
+def can_fuse_bn(bn: nn.Module, neuron: nn.Module, y: torch.Tensor) -> bool:
+    """Whether :func:`bn_lif` can run ``bn`` and ``neuron`` on the conv output ``y`` as one node: a training
+    step (grad enabled, BN in training mode with affine and running statistics) of a compiled FusedLIF with
+    ``fuse_bn``, a shared BN or tdBN over [T, B, C, H, W], and nobody watching the current (a hook on the neuron,
+    as ``spikeforge gradflow`` places, needs the current as a tensor: then the modules run separately)."""
+    return (type(neuron) is FusedLIF and neuron.compiled and neuron.fuse_bn and y.ndim == 5
+            and torch.is_grad_enabled() and _plain_bn(bn) is not None
+            and not (neuron._forward_pre_hooks or neuron._forward_hooks))
+
+
+def bn_lif(bn: nn.Module, neuron: FusedLIF, y: torch.Tensor, extra: torch.Tensor | None = None, *,
+           extra_binary: bool = False) -> torch.Tensor:
+    """``neuron(bn(y) + extra)`` as one fused node (:class:`BNLIFFunction`), updating BN's running statistics as
+    ``nn.BatchNorm2d`` does; call only where :func:`can_fuse_bn` holds."""
+    norm = _plain_bn(bn)
+    spikes, mean, var = BNLIFFunction.apply(y, norm.weight, norm.bias, extra, extra_binary, norm.eps,
+                                            float(bn.scale), neuron)
+    with torch.no_grad():  # nn.BatchNorm2d's running-statistics update, unbiased variance
+        norm.num_batches_tracked.add_(1)
+        factor = 1.0 / float(norm.num_batches_tracked) if norm.momentum is None else norm.momentum
+        count = y.numel() // y.shape[2]
+        norm.running_mean.lerp_(mean.to(norm.running_mean.dtype), factor)
+        norm.running_var.lerp_((var * (count / max(count - 1, 1))).to(norm.running_var.dtype), factor)
+    return spikes
 
 
 class SpikeConv2dFunction(torch.autograd.Function):

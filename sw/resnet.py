@@ -17,6 +17,7 @@ from torch.nn import functional as F
 
 from .bn import BNTT, make_bn
 from .folding import round_ste, start_half_up
+from .fused import bn_lif, can_fuse_bn
 from .model import PIXEL_MAX, weight_scale
 from .neuron import LIF, Surrogate
 from .resnet_fold import fold_population
@@ -158,6 +159,25 @@ class _Block(nn.Module):
         return deployed_current(term, over_time(term.conv, s), 1.0, self._threshold,
                                 shortcut=self.downsample or "identity", shortcut_input=x, half_up=self.half_up)
 
+    def fire(self, neuron: nn.Module, term: ConvBN, x: torch.Tensor) -> torch.Tensor:
+        """A (non-join) population's spikes from spikes x; BN and a compiled FusedLIF run as one node where they
+        can (sw/fused.py's bn_lif: same spikes and gradients up to float rounding)."""
+        if not self.deploy_aware:
+            y = over_time(term.conv, x)
+            if can_fuse_bn(term.bn, neuron, y):
+                return bn_lif(term.bn, neuron, y)
+            return neuron(term.bn(y))
+        return neuron(self.current(term, x))
+
+    def fire_join(self, neuron: nn.Module, term: ConvBN, s: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The residual join's spikes (:meth:`join`'s current, fired once); fused like :meth:`fire`."""
+        if not self.deploy_aware:
+            y = over_time(term.conv, s)
+            if can_fuse_bn(term.bn, neuron, y):
+                return bn_lif(term.bn, neuron, y, self.shortcut(x), extra_binary=self.downsample is None)
+            return neuron(term.bn(y) + self.shortcut(x))
+        return neuron(self.join(term, s, x))
+
     def _bn(self, channels: int, join: bool = False) -> nn.Module:
         return make_bn(self._bn_kind, channels, time_steps=self._time_steps, join=join, threshold=self._threshold)
 
@@ -185,8 +205,8 @@ class BasicBlock(_Block):
         self.neuron2 = neuron()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        s1 = self._keep("conv1", self.neuron1(self.current(self.conv1, x)))
-        return self._keep("out", self.neuron2(self.join(self.conv2, s1, x)))
+        s1 = self._keep("conv1", self.fire(self.neuron1, self.conv1, x))
+        return self._keep("out", self.fire_join(self.neuron2, self.conv2, s1, x))
 
 
 class Bottleneck(_Block):
@@ -207,9 +227,9 @@ class Bottleneck(_Block):
         self.neuron3 = neuron()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        s1 = self._keep("conv1", self.neuron1(self.current(self.conv1, x)))
-        s2 = self._keep("conv2", self.neuron2(self.current(self.conv2, s1)))
-        return self._keep("out", self.neuron3(self.join(self.conv3, s2, x)))
+        s1 = self._keep("conv1", self.fire(self.neuron1, self.conv1, x))
+        s2 = self._keep("conv2", self.fire(self.neuron2, self.conv2, s1))
+        return self._keep("out", self.fire_join(self.neuron3, self.conv3, s2, x))
 
 
 class SpikingResNet(nn.Module):

@@ -76,15 +76,20 @@ def test_float32_spikes_bit_identical(leak_shift):
     assert torch.equal(spikes.detach(), ref)
 
 
-def test_channels_last_and_expanded_inputs():
-    """The stem's current is one image repeated over T (an expanded view), in channels_last."""
+@pytest.mark.parametrize("compiled", [False, True])
+def test_channels_last_and_expanded_inputs(compiled):
+    """The stem's current is one image repeated over T (an expanded view), in channels_last; the compiled kernels
+    run on its flat steps (fused._rows) and give spikes and gradient back in that layout."""
     image_current = _current(shape=(4, 5, 6, 7))[0:4].contiguous(memory_format=torch.channels_last)
     current = image_current.unsqueeze(0).expand(6, *image_current.shape)
     weights = torch.randn(current.shape, generator=torch.Generator().manual_seed(4), dtype=current.dtype)
     ref_spikes, ref_grad = _grads(LIF("sigmoid"), current.contiguous(), weights)
-    spikes, grad = _grads(FusedLIF("sigmoid"), current, weights)
+    spikes, grad = _grads(FusedLIF("sigmoid", compiled=compiled), current, weights)
     assert spikes[0].is_contiguous(memory_format=torch.channels_last)
     assert torch.equal(spikes, ref_spikes)
+    if compiled:  # the expanded view itself (the clone in _grads makes it dense): stride 0 over T stays a view
+        expanded = FusedLIF("sigmoid", compiled=True)(current.requires_grad_(True))
+        assert torch.equal(expanded, ref_spikes)
     torch.testing.assert_close(grad, ref_grad, rtol=1e-10, atol=1e-12)
 
 
@@ -184,3 +189,159 @@ def test_spike_input_conv_under_autocast():
     assert gx.dtype == gw.dtype == torch.float32
     torch.testing.assert_close(gx, ref_gx)
     torch.testing.assert_close(gw, ref_gw)
+
+
+def _bn_lif_case(bn_kind, extra_kind, seed=11, dtype=torch.float64):
+    """A conv output y [T, B, C, H, W] (channels_last steps), a BN of the kind, and a shortcut current."""
+    from spikeforge.sw.bn import make_bn
+    g = torch.Generator().manual_seed(seed)
+    y = (torch.randn(4 * 3, 5, 6, 7, generator=g, dtype=dtype) * 1.5 + 0.4)
+    y = y.contiguous(memory_format=torch.channels_last).view(4, 3, 5, 6, 7)
+    bn = make_bn(bn_kind, 5, join=extra_kind is not None).to(dtype)
+    with torch.no_grad():
+        bn.norm.weight.uniform_(0.5, 1.5, generator=g)
+        bn.norm.bias.uniform_(-0.3, 0.6, generator=g)
+        bn.norm.running_var.uniform_(0.5, 2.0, generator=g)
+    extra = None
+    if extra_kind == "spikes":
+        extra = (torch.rand(y.shape, generator=g) < 0.3).to(dtype)
+    elif extra_kind == "current":
+        extra = torch.randn(y.shape, generator=g, dtype=dtype) * 0.5
+    return y, bn, extra, torch.randn(y.shape, generator=g, dtype=dtype)
+
+
+def _bn_lif_run(bn, neuron, y, extra, weights, fused):
+    from spikeforge.sw.fused import bn_lif, can_fuse_bn
+    y = y.detach().clone().requires_grad_(True)
+    extra = None if extra is None else extra.detach().clone().requires_grad_(True)
+    assert can_fuse_bn(bn, neuron, y) == fused
+    if fused:
+        spikes = bn_lif(bn, neuron, y, extra, extra_binary=extra is not None and bool(((extra == 0) | (extra == 1)).all()))
+    else:
+        current = bn(y)
+        spikes = neuron(current if extra is None else current + extra)
+    (spikes * weights).sum().backward()
+    grads = [y.grad, bn.norm.weight.grad, bn.norm.bias.grad] + ([] if extra is None else [extra.grad])
+    return spikes.detach(), grads
+
+
+@pytest.mark.parametrize("bn_kind,extra_kind,window,momentum", [
+    ("shared", None, None, 0.1),
+    ("tdbn", "spikes", None, None),
+    pytest.param("shared", "current", 2, 0.1, marks=pytest.mark.slow),
+])
+def test_bn_lif_matches_separate_modules(bn_kind, extra_kind, window, momentum):
+    """BN + LIF (+ a residual join's shortcut current) as one compiled node: the same spikes, gradients of the conv
+    output, BN's affine and the shortcut, and the same running statistics as BN and the neuron run separately."""
+    import copy
+    y, bn, extra, weights = _bn_lif_case(bn_kind, extra_kind)
+    bn.norm.momentum = momentum
+    ref_bn, ref_neuron = copy.deepcopy(bn), FusedLIF("arctan", 0.5, leak_shift=1, threshold=0.9,
+                                                     temporal_window=window, compiled=False)
+    neuron = FusedLIF("arctan", 0.5, leak_shift=1, threshold=0.9, temporal_window=window, compiled=True)
+    ref_spikes, ref_grads = _bn_lif_run(ref_bn, ref_neuron, y, extra, weights, fused=False)
+    spikes, grads = _bn_lif_run(bn, neuron, y, extra, weights, fused=True)
+    assert 0.05 < ref_spikes.mean() < 0.6
+    assert torch.equal(spikes, ref_spikes)
+    assert spikes[0].is_contiguous(memory_format=torch.channels_last)  # the next conv reads it without a reorder
+    for got, want in zip(grads, ref_grads):
+        assert want.abs().max() > 0
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
+    for name, value in ref_bn.state_dict().items():
+        torch.testing.assert_close(bn.state_dict()[name], value, rtol=1e-12, atol=1e-14, msg=name)
+
+
+def test_bn_lif_saves_less_and_falls_back():
+    """The fused node keeps the conv output and 1-byte spikes for backward instead of the conv output and a float
+    membrane; it steps aside (separate modules) in eval mode, without grad, with fuse_bn=False, for BNTT, and when
+    a hook watches the neuron's input (spikeforge gradflow)."""
+    from spikeforge.sw.bn import make_bn
+    from spikeforge.sw.fused import can_fuse_bn
+    y, bn, _, weights = _bn_lif_case("shared", None, dtype=torch.float32)
+
+    def saved_bytes(fused):
+        total = []
+
+        def pack(t):
+            total.append(t.numel() * t.element_size())
+            return t
+        neuron = FusedLIF("arctan", leak_shift=1, compiled=True, fuse_bn=fused)
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            _bn_lif_run(bn, neuron, y, None, weights, fused=fused)
+        return sum(total)
+    # Both runs also save the loss's weights for (spikes * weights); the rest is what BN + LIF keep.
+    own = weights.numel() * weights.element_size()
+    unfused, fused = saved_bytes(False) - own, saved_bytes(True) - own
+    assert y.numel() * y.element_size() * 2 <= unfused  # the conv output and the float current
+    assert fused < 0.7 * unfused, (fused, unfused)  # the conv output and 1-byte spikes
+    neuron = FusedLIF(compiled=True)
+    x = y.detach().requires_grad_(True)
+    assert can_fuse_bn(bn, neuron, x)
+    assert not can_fuse_bn(make_bn("bntt", 5, time_steps=4), neuron, x)
+    assert not can_fuse_bn(bn, FusedLIF(compiled=False), x)
+    with torch.no_grad():
+        assert not can_fuse_bn(bn, neuron, x)
+    handle = neuron.register_forward_pre_hook(lambda mod, inp: None)
+    assert not can_fuse_bn(bn, neuron, x)
+    handle.remove()
+    bn.eval()
+    assert not can_fuse_bn(bn, neuron, x)
+
+
+def _count_nodes(output, kind):
+    seen, stack, count = set(), [output.grad_fn], 0
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        count += type(node).__name__ == kind
+        stack.extend(next_fn for next_fn, _ in node.next_functions)
+    return count
+
+
+def test_resnet_blocks_fuse_bn():
+    """A spiking ResNet whose compiled neurons fuse their BNs trains like the unfused one: same spikes of every
+    population, same parameter gradients and running statistics (float64)."""
+    models = []
+    for fuse in (False, True):
+        torch.manual_seed(3)
+        neuron = fused_lif_neuron("arctan", leak_shift=1, compiled=True, fuse_bn=fuse)
+        models.append(resnet8(width=0.5, time_steps=3, neuron=neuron).double())
+    images = torch.rand(4, 1, 28, 28, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    runs = []
+    for model in models:
+        run = model.run(images, record=True)
+        run.logits.square().sum().backward()
+        runs.append(run)
+    assert [_count_nodes(run.logits, "BNLIFFunctionBackward") for run in runs] == [0, 6]  # 3 blocks x 2 BNs
+    for name, spikes in runs[0].spikes.items():
+        assert torch.equal(runs[1].spikes[name], spikes), name
+    for (name, p), (_, q) in zip(models[1].named_parameters(), models[0].named_parameters()):
+        assert q.grad is not None and q.grad.abs().max() > 0, name
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-8, atol=1e-12, msg=name)
+    for (name, a), (_, b) in zip(models[1].named_buffers(), models[0].named_buffers()):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14, msg=name)
+
+
+def test_bn_lif_under_bf16_autocast():
+    """Under bf16 autocast the conv output is bf16: the fused node normalizes and integrates in float32 (the
+    unfused BN rounds its output to bf16 first), so a spike may flip where a membrane sits within bf16 rounding of
+    the threshold; everything else matches the unfused modules to bf16 precision, in the same dtypes."""
+    import copy
+    y, bn, extra, weights = _bn_lif_case("shared", "current", dtype=torch.float32)
+    y, extra = y.to(torch.bfloat16), extra.to(torch.bfloat16)
+    ref_bn = copy.deepcopy(bn)
+    results = []
+    for norm, fused in ((ref_bn, False), (bn, True)):
+        neuron = FusedLIF("arctan", 0.5, leak_shift=1, compiled=True, fuse_bn=fused)
+        with torch.autocast("cpu", torch.bfloat16):
+            results.append(_bn_lif_run(norm, neuron, y, extra, weights.to(torch.bfloat16), fused=fused))
+    (ref_spikes, ref_grads), (spikes, grads) = results
+    assert spikes.dtype == ref_spikes.dtype == torch.bfloat16
+    assert (spikes != ref_spikes).float().mean() < 0.01
+    for got, want in zip(grads, ref_grads):
+        assert got.dtype == want.dtype
+        assert (got.float() - want.float()).norm() < 0.05 * want.float().norm()
+    torch.testing.assert_close(bn.norm.running_mean, ref_bn.norm.running_mean, rtol=1e-2, atol=1e-3)
+    torch.testing.assert_close(bn.norm.running_var, ref_bn.norm.running_var, rtol=1e-2, atol=1e-3)
