@@ -34,6 +34,7 @@ SPIKEFORGE = {
     "spikeforge-cl": dict(fused=True, kernels=True, channels_last=True, stem_once=False, bool_convs=False),
     "spikeforge-stem": dict(fused=True, kernels=True, channels_last=True, stem_once=True, bool_convs=False),
     "spikeforge-eager": dict(_BEST, kernels=False),
+    "spikeforge-nofuse": dict(_BEST, fuse_bn=False),
     "spikeforge": _BEST,
     "spikeforge-sltt": dict(_BEST, sltt=True),
     "spikeforge-bf16mem": dict(_BEST, membrane_bf16=True),
@@ -47,6 +48,11 @@ PEER_VARIANTS = ("spikingjelly-compile-bf16",)
 CONV_STACK = "conv-stack"
 CONV_STACK_BF16 = "conv-stack-bf16"  # the same convs under bf16 autocast: the ceiling of the bf16 configurations
 DEFAULT = ("spikeforge", "spikingjelly", "spikingjelly-compile", "snntorch")
+# --malloc-cache: glibc serves tensors above 32 MiB (a full-width layer's [T*B, C, H, W]) with a fresh mmap, so every
+# such tensor page-faults on first touch (~25% of a full-width spikeforge step on the 2026-12-02 AVX2 machine);
+# these settings keep freed memory in the heap for reuse instead (same for every framework: a process setting)
+MALLOC_CACHE = {"MALLOC_MMAP_THRESHOLD_": str(2 ** 34), "MALLOC_TRIM_THRESHOLD_": str(2 ** 34),
+                "MALLOC_TOP_PAD_": str(2 ** 28)}
 
 
 def _widths(width_div: int) -> list[int]:
@@ -65,6 +71,7 @@ def _spikeforge_model(cfg: dict, args):
     kw = dict(sltt=True) if cfg.get("sltt") else {}
     if cfg["fused"]:
         kw["compiled"] = cfg["kernels"]
+        kw["fuse_bn"] = cfg.get("fuse_bn", True)
         if cfg.get("membrane_bf16"):
             kw["membrane_dtype"] = torch.bfloat16
     model = SpikingResNet(BasicBlock, [2, 2, 2, 2], widths=_widths(args.width_div), num_classes=10,
@@ -324,7 +331,7 @@ class _Child:
     def __init__(self, name: str, args):
         cmd = [sys.executable, "-m", "spikeforge.sw.bench_train", "--child", name, "--width-div", str(args.width_div),
                "--batch", str(args.batch), "--time-steps", str(args.time_steps)] + (["--trim-heap"] if args.trim_heap else [])
-        env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
+        env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), **(MALLOC_CACHE if args.malloc_cache else {}))
         self.name, self.times, self.peaks, self.error = name, [], [], None
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      text=True, env=env)
@@ -430,6 +437,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--time-steps", type=int, default=10)
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="OMP_NUM_THREADS of every child")
+    p.add_argument("--malloc-cache", action="store_true",
+                   help="run EVERY child with glibc malloc keeping freed memory for reuse (MALLOC_CACHE): no page "
+                        "faults on the large per-layer tensors, more resident memory")
     p.add_argument("--trim-heap", action="store_true",
                    help="malloc_trim after every step (less idle memory in the waiting children; slows them)")
     p.add_argument("--out", default=None, help="append the table to this markdown file (e.g. docs/benchmarks.md)")
@@ -459,7 +469,7 @@ def main(argv: list[str] | None = None) -> int:
     table = _table(results, args)
     header = (f"ResNet-18 (CIFAR stem, widths {'-'.join(map(str, _widths(args.width_div)))}), T={args.time_steps}, "
               f"batch {args.batch}, {args.warmup} warm-up + {args.steps} timed steps each, lockstep; "
-              f"load average (1/5/15 min) {results[0]['load'] if results else '?'}; "
+              f"{'malloc cache (MALLOC_CACHE) in every child; ' if args.malloc_cache else ''}load average (1/5/15 min) {results[0]['load'] if results else '?'}; "
               f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
     print(header)
     print(table)
