@@ -13,7 +13,7 @@ from torch import nn
 from .neuron import LIF, Surrogate, membrane_dtype as _compute_dtype
 
 __all__ = ["lif_forward", "FusedLIFFunction", "FusedLIF", "fused_lif_neuron", "SpikeConv2dFunction",
-           "spike_input_convs", "BNLIFFunction", "can_fuse_bn", "bn_lif"]
+           "spike_input_convs", "onednn_weight_grad_hangs", "BNLIFFunction", "can_fuse_bn", "bn_lif"]
 
 
 def _check_window(temporal_window: int | None) -> int | None:
@@ -309,6 +309,8 @@ class FusedLIF(LIF):
     * ``fuse_bn`` (with ``compiled``): where a model asks for it (:func:`bn_lif`, used by the spiking ResNet's
       blocks), the training-mode BN before this neuron and a residual join's shortcut current run inside the
       neuron's kernels (:class:`BNLIFFunction`); False keeps BN a separate module.
+
+    Inside ``torch.compile`` of a whole model it traces LIF's step loop instead (see :meth:`_traced`).
     """
 
     def __init__(self, surrogate: Surrogate | str = "arctan", width: float = 0.5, *, threshold: float = 1.0,
@@ -328,10 +330,25 @@ class FusedLIF(LIF):
     def forward(self, current: torch.Tensor) -> torch.Tensor:
         if current.ndim < 2:
             raise ValueError(f"FusedLIF takes a multi-step current [T, B, ...], not shape {list(current.shape)}")
+        if torch.compiler.is_compiling():
+            return self._traced(current)
         if not (torch.is_grad_enabled() and current.requires_grad):
             return lif_forward(current, threshold=self.threshold, leak_shift=self.leak_shift)[0]
         return FusedLIFFunction.apply(current, self.surrogate, self.threshold, self.leak_shift, self.detach_reset,
                                       self.temporal_window, self.membrane_dtype, self.compiled)
+
+    def _traced(self, current: torch.Tensor) -> torch.Tensor:
+        """What torch.compile of a whole model traces instead of the hand-written node: LIF's step loop (Inductor
+        fuses it and picks what to save for backward), with the membrane detached at each ``temporal_window``
+        boundary (the same truncation as FusedLIFFunction's backward; ``membrane_dtype`` does not apply)."""
+        membrane = torch.zeros_like(current[0], dtype=_compute_dtype(current.dtype))
+        spikes = []
+        for t in range(current.shape[0]):
+            if self.temporal_window is not None and t > 0 and t % self.temporal_window == 0:
+                membrane = membrane.detach()
+            fired, membrane = self.single_step(membrane, current[t])
+            spikes.append(fired)
+        return torch.stack(spikes).to(current.dtype)
 
 
 def fused_lif_neuron(surrogate: str | Surrogate = "arctan", width: float = 0.5, *, leak_shift: int | None = None,
@@ -415,9 +432,10 @@ def can_fuse_bn(bn: nn.Module, neuron: nn.Module, y: torch.Tensor) -> bool:
     """Whether :func:`bn_lif` can run ``bn`` and ``neuron`` on the conv output ``y`` as one node: a training
     step (grad enabled, BN in training mode with affine and running statistics) of a compiled FusedLIF with
     ``fuse_bn``, a shared BN or tdBN over [T, B, C, H, W], and nobody watching the current (a hook on the neuron,
-    as ``spikeforge gradflow`` places, needs the current as a tensor: then the modules run separately)."""
+    as ``spikeforge gradflow`` places, needs the current as a tensor: then the modules run separately). Never
+    inside torch.compile of a whole model: Inductor traces the separate modules and fuses them itself."""
     return (type(neuron) is FusedLIF and neuron.compiled and neuron.fuse_bn and y.ndim == 5
-            and torch.is_grad_enabled() and _plain_bn(bn) is not None
+            and torch.is_grad_enabled() and not torch.compiler.is_compiling() and _plain_bn(bn) is not None
             and not (neuron._forward_pre_hooks or neuron._forward_hooks))
 
 
@@ -435,6 +453,14 @@ def bn_lif(bn: nn.Module, neuron: FusedLIF, y: torch.Tensor, extra: torch.Tensor
         norm.running_mean.lerp_(mean.to(norm.running_mean.dtype), factor)
         norm.running_var.lerp_((var * (count / max(count - 1, 1))).to(norm.running_var.dtype), factor)
     return spikes
+
+
+def onednn_weight_grad_hangs(in_channels: int, kernel_size, stride) -> bool:
+    """oneDNN in torch 2.13's CPU build (seen on AVX2 EPYCs) hangs, or corrupts the heap, computing the weight
+    gradient of a 1x1 stride-2 conv in channels_last with 3, 4 or 6 input channels (a narrow ResNet's downsample
+    shortcut); 1, 2, 5, 7, 8 and more run. True for the shapes to keep in NCHW (all below 8 input channels, to be
+    safe). Whole-model torch.compile avoids it by turning off Inductor's channels_last layout choice on CPU."""
+    return tuple(kernel_size) == (1, 1) and tuple(stride) != (1, 1) and in_channels < 8
 
 
 class SpikeConv2dFunction(torch.autograd.Function):
@@ -462,8 +488,10 @@ class SpikeConv2dFunction(torch.autograd.Function):
     def backward(ctx, grad_out):
         packed, weight = ctx.saved_tensors
         x = packed.to(ctx.dtype)
-        if ctx.channels_last:
+        if ctx.channels_last and not onednn_weight_grad_hangs(x.shape[1], weight.shape[2:], ctx.stride):
             x = x.contiguous(memory_format=torch.channels_last)
+        else:  # NCHW (a channels_last x or grad_out can still send oneDNN into its channels_last kernel)
+            x, grad_out = x.contiguous(), grad_out.contiguous()
         grad_x, grad_w, _ = torch.ops.aten.convolution_backward(
             grad_out.to(ctx.dtype), x, weight.to(ctx.dtype), None, list(ctx.stride), list(ctx.padding), [1, 1],
             False, [0, 0], 1, [ctx.needs_input_grad[0], ctx.needs_input_grad[1], False])
@@ -476,8 +504,8 @@ class _SpikeInputConv2d(nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.bias is not None or self.groups != 1 or self.dilation != (1, 1) or self.padding_mode != "zeros" \
-                or not torch.is_grad_enabled() or isinstance(self.padding, str):
-            return super().forward(x)
+                or not torch.is_grad_enabled() or isinstance(self.padding, str) or torch.compiler.is_compiling():
+            return super().forward(x)  # (whole-model torch.compile: 1.10 s instead of 1.32 s per bench step)
         return SpikeConv2dFunction.apply(x, self.weight, self.stride, self.padding)
 
 

@@ -547,8 +547,10 @@ def _train(config: TrainConfig, dist: _Dist) -> dict:
                     nn.SyncBatchNorm.convert_sync_batchnorm(model)
                 runner = nn.parallel.DistributedDataParallel(
                     model, device_ids=[device.index] if device.type == "cuda" else None)
-            if config.compile:
-                runner = torch.compile(runner, dynamic=False)  # static shapes: at most 2 per phase (last batch)
+            if config.compile:  # static shapes: at most 2 per phase (last batch)
+                # on CPU Inductor's own channels_last choice runs into a oneDNN hang (fused.onednn_weight_grad_hangs)
+                options = {"layout_optimization": False} if device.type == "cpu" else None
+                runner = torch.compile(runner, dynamic=False, options=options)
         return runner
 
 

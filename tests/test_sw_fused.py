@@ -345,3 +345,60 @@ def test_bn_lif_under_bf16_autocast():
         assert (got.float() - want.float()).norm() < 0.05 * want.float().norm()
     torch.testing.assert_close(bn.norm.running_mean, ref_bn.norm.running_mean, rtol=1e-2, atol=1e-3)
     torch.testing.assert_close(bn.norm.running_var, ref_bn.norm.running_var, rtol=1e-2, atol=1e-3)
+
+
+@pytest.mark.parametrize("window", [None, 2, 1])
+def test_traced_path_matches_fused_node(window, monkeypatch):
+    """Inside torch.compile of a whole model, FusedLIF traces LIF's step loop (which Inductor fuses) instead of its
+    hand-written node, and a ResNet block does not fuse BN: same spikes, same (truncated) BPTT gradients."""
+    from spikeforge.sw.bn import make_bn
+    from spikeforge.sw.fused import can_fuse_bn
+    current = _current()
+    weights = torch.randn(current.shape, generator=torch.Generator().manual_seed(5), dtype=current.dtype)
+    neuron = FusedLIF("fast_sigmoid", leak_shift=2, threshold=0.75, temporal_window=window, compiled=True)
+    want_spikes, want_grad = _grads(neuron, current, weights)
+    assert can_fuse_bn(make_bn("shared", 5), neuron, torch.zeros(2, 3, 5, 4, 4, requires_grad=True))
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    assert not can_fuse_bn(make_bn("shared", 5), neuron, torch.zeros(2, 3, 5, 4, 4, requires_grad=True))
+    spikes, grad = _grads(neuron, current, weights)
+    assert 0.05 < want_spikes.mean() < 0.6 and torch.equal(spikes, want_spikes)
+    torch.testing.assert_close(grad, want_grad, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.slow
+def test_whole_model_torch_compile():
+    """torch.compile of a whole spiking ResNet (fused neurons, bool-saved spike convs) trains like the eager model."""
+    runs = []
+    for compile_model in (False, True):
+        torch.manual_seed(3)
+        model = spike_input_convs(resnet8(width=0.5, time_steps=3, neuron=fused_lif_neuron("arctan", leak_shift=1,
+                                                                                            compiled=True)))
+        run = torch.compile(model) if compile_model else model
+        logits = run(torch.rand(8, 1, 28, 28, generator=torch.Generator().manual_seed(4)))
+        logits.square().sum().backward()
+        runs.append((logits.detach(), model))
+    (want, ref), (got, model) = runs
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    for (name, p), (_, q) in zip(model.named_parameters(), ref.named_parameters()):
+        assert q.grad.abs().max() > 0, name
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_spike_conv_weight_grad_avoids_the_onednn_hang():
+    """A channels_last 1x1 stride-2 spike conv from 4 channels (a narrow ResNet's downsample) computes its weight
+    gradient in NCHW (oneDNN hangs on it in channels_last) and matches the plain conv's gradients."""
+    from spikeforge.sw.fused import SpikeConv2dFunction, onednn_weight_grad_hangs
+    assert onednn_weight_grad_hangs(4, (1, 1), (2, 2)) and not onednn_weight_grad_hangs(4, (3, 3), (2, 2))
+    assert not onednn_weight_grad_hangs(16, (1, 1), (2, 2)) and not onednn_weight_grad_hangs(4, (1, 1), (1, 1))
+    g = torch.Generator().manual_seed(2)
+    x = (torch.rand(64, 4, 28, 28, generator=g) < 0.3).float().contiguous(memory_format=torch.channels_last)
+    weight = torch.randn(8, 4, 1, 1, generator=g)
+    upstream = torch.randn(64, 8, 14, 14, generator=g).contiguous(memory_format=torch.channels_last)
+    grads = []
+    for conv in (lambda a, w: SpikeConv2dFunction.apply(a, w, (2, 2), (0, 0)),
+                 lambda a, w: torch.nn.functional.conv2d(a.contiguous(), w, stride=2)):
+        a, w = x.clone().requires_grad_(True), weight.clone().requires_grad_(True)
+        (conv(a, w) * upstream).sum().backward()
+        grads.append((a.grad, w.grad))
+    torch.testing.assert_close(grads[0][0], grads[1][0])
+    torch.testing.assert_close(grads[0][1], grads[1][1])

@@ -324,3 +324,18 @@ def test_lif_implementations_train_the_same_network(arch):
                 torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-6)
     window = train_module.build_model(TrainConfig(arch=arch, temporal_window=1, width=0.25).validate(), False)
     assert {m.temporal_window for m in window.modules() if isinstance(m, LIF)} == {1}
+
+
+@pytest.mark.slow
+def test_compile_trains_like_eager(fake_cifar, tmp_path):
+    """--compile true trains a narrow ResNet (4-8-16 channels: its 1x1 stride-2 shortcut from 4 channels is the
+    shape that hangs oneDNN in channels_last, see fused.onednn_weight_grad_hangs) to the same weights as eager."""
+    states = []
+    for compile_model in (False, True):
+        out = tmp_path / f"compile-{compile_model}"
+        train(_resnet_config(fake_cifar / "c10", out, epochs_qat=0, compile=compile_model))
+        states.append(torch.load(out / "checkpoint.pt", weights_only=False)["model"])
+    assert states[0].keys() == states[1].keys()
+    for name, value in states[0].items():
+        if value.is_floating_point():
+            torch.testing.assert_close(states[1][name], value, rtol=1e-3, atol=1e-5, msg=name)
