@@ -159,24 +159,18 @@ class _Block(nn.Module):
         return deployed_current(term, over_time(term.conv, s), 1.0, self._threshold,
                                 shortcut=self.downsample or "identity", shortcut_input=x, half_up=self.half_up)
 
-    def fire(self, neuron: nn.Module, term: ConvBN, x: torch.Tensor) -> torch.Tensor:
-        """A (non-join) population's spikes from spikes x; BN and a compiled FusedLIF run as one node where they
-        can (sw/fused.py's bn_lif: same spikes and gradients up to float rounding)."""
-        if not self.deploy_aware:
-            y = over_time(term.conv, x)
-            if can_fuse_bn(term.bn, neuron, y):
-                return bn_lif(term.bn, neuron, y)
-            return neuron(term.bn(y))
-        return neuron(self.current(term, x))
-
-    def fire_join(self, neuron: nn.Module, term: ConvBN, s: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """The residual join's spikes (:meth:`join`'s current, fired once); fused like :meth:`fire`."""
-        if not self.deploy_aware:
-            y = over_time(term.conv, s)
-            if can_fuse_bn(term.bn, neuron, y):
-                return bn_lif(term.bn, neuron, y, self.shortcut(x), extra_binary=self.downsample is None)
-            return neuron(term.bn(y) + self.shortcut(x))
-        return neuron(self.join(term, s, x))
+    def fire(self, neuron: nn.Module, term: ConvBN, x: torch.Tensor, block_input: torch.Tensor | None = None):
+        """A population's spikes from spikes x: the neuron fires on :meth:`current` or, given the block's input
+        (the residual join), on :meth:`join`. In training, BN, the shortcut's current and a compiled FusedLIF run
+        as one node where they can (sw/fused.py's bn_lif: same spikes, gradients up to float rounding)."""
+        if self.deploy_aware:
+            return neuron(self.current(term, x) if block_input is None else self.join(term, x, block_input))
+        y = over_time(term.conv, x)
+        extra = None if block_input is None else self.shortcut(block_input)
+        if can_fuse_bn(term.bn, neuron, y):
+            return bn_lif(term.bn, neuron, y, extra, extra_binary=extra is not None and self.downsample is None)
+        current = term.bn(y)
+        return neuron(current if extra is None else current + extra)
 
     def _bn(self, channels: int, join: bool = False) -> nn.Module:
         return make_bn(self._bn_kind, channels, time_steps=self._time_steps, join=join, threshold=self._threshold)
@@ -206,7 +200,7 @@ class BasicBlock(_Block):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s1 = self._keep("conv1", self.fire(self.neuron1, self.conv1, x))
-        return self._keep("out", self.fire_join(self.neuron2, self.conv2, s1, x))
+        return self._keep("out", self.fire(self.neuron2, self.conv2, s1, x))
 
 
 class Bottleneck(_Block):
@@ -229,7 +223,7 @@ class Bottleneck(_Block):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s1 = self._keep("conv1", self.fire(self.neuron1, self.conv1, x))
         s2 = self._keep("conv2", self.fire(self.neuron2, self.conv2, s1))
-        return self._keep("out", self.fire_join(self.neuron3, self.conv3, s2, x))
+        return self._keep("out", self.fire(self.neuron3, self.conv3, s2, x))
 
 
 class SpikingResNet(nn.Module):
