@@ -163,6 +163,12 @@ def _bn_lif_affine(gamma, beta, mean, var, eps: float, scale: float, channels_la
     return (a, d) if channels_last else (a.view(-1, 1), d.view(-1, 1))
 
 
+def _bn_current(y, a, d, extra, t: int, compute: torch.dtype):
+    """Step t's current: BN(y_t) = a * y_t + d, plus the shortcut's current (extra, or None) at a residual join."""
+    current = y[t].to(compute) * a + d
+    return current if extra is None else current + extra[t].to(compute)
+
+
 def _bn_lif_forward_kernel(y, gamma, beta, extra, eps: float, scale: float, threshold: float,
                            leak_shift: int | None, channels_last: bool, compute: torch.dtype):
     """Batch statistics of y (rows of a [T, B, C, H, W] conv output), then the T-step LIF on a * y + d (+ extra):
@@ -171,10 +177,7 @@ def _bn_lif_forward_kernel(y, gamma, beta, extra, eps: float, scale: float, thre
     a, d = _bn_lif_affine(gamma, beta, mean, var, eps, scale, channels_last, compute)
     after_reset, spikes = None, []
     for t in range(y.shape[0]):
-        current = y[t].to(compute) * a + d
-        if extra is not None:
-            current = current + extra[t].to(compute)
-        before_fire = _charge(after_reset, current, leak_shift)
+        before_fire = _charge(after_reset, _bn_current(y, a, d, extra, t, compute), leak_shift)
         fired = (before_fire >= threshold).to(y.dtype)
         spikes.append(fired)
         after_reset = before_fire - fired * threshold
@@ -189,10 +192,7 @@ def _bn_lif_backward_kernel(grad_spikes, y, fired, extra, gamma, beta, mean, var
     a, d = _bn_lif_affine(gamma, beta, mean, var, eps, scale, channels_last, compute)
     after_reset, membranes = None, []
     for t in range(y.shape[0]):
-        current = y[t].to(compute) * a + d
-        if extra is not None:
-            current = current + extra[t].to(compute)
-        before_fire = _charge(after_reset, current, leak_shift)
+        before_fire = _charge(after_reset, _bn_current(y, a, d, extra, t, compute), leak_shift)
         membranes.append(before_fire)
         after_reset = before_fire - fired[t].to(compute) * threshold
     return torch.stack(_bptt(grad_spikes.to(compute), membranes, surrogate, threshold, leak_shift, detach_reset,
