@@ -146,26 +146,16 @@ class _Block(nn.Module):
         self.recorded: dict[str, torch.Tensor] = {}
         self.deploy_aware = self.half_up = False
 
-    def current(self, term: ConvBN, x: torch.Tensor) -> torch.Tensor:
-        """A (non-join) population's current from spikes x: BN(conv(x)), or the deployed form when deploy-aware."""
-        if not self.deploy_aware:
-            return term(x)
-        return deployed_current(term, over_time(term.conv, x), 1.0, self._threshold, half_up=self.half_up)
-
-    def join(self, term: ConvBN, s: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """The residual join's current: main path ``term`` on s plus the shortcut on the block input x."""
-        if not self.deploy_aware:
-            return term(s) + self.shortcut(x)
-        return deployed_current(term, over_time(term.conv, s), 1.0, self._threshold,
-                                shortcut=self.downsample or "identity", shortcut_input=x, half_up=self.half_up)
-
     def fire(self, neuron: nn.Module, term: ConvBN, x: torch.Tensor, block_input: torch.Tensor | None = None):
-        """A population's spikes from spikes x: the neuron fires on :meth:`current` or, given the block's input
-        (the residual join), on :meth:`join`. In training, BN, the shortcut's current and a compiled FusedLIF run
-        as one node where they can (sw/fused.py's bn_lif: same spikes, gradients up to float rounding)."""
-        if self.deploy_aware:
-            return neuron(self.current(term, x) if block_input is None else self.join(term, x, block_input))
+        """A population's spikes from spikes x: the neuron fires on BN(conv(x)) or, given the block's input (the
+        residual join), on BN(conv(x)) + the shortcut of the block input; when deploy-aware, on the deployed form
+        of that current. In training, BN, the shortcut's current and a compiled FusedLIF run as one node where
+        they can (sw/fused.py's bn_lif: same spikes, gradients up to float rounding)."""
         y = over_time(term.conv, x)
+        if self.deploy_aware:
+            shortcut = None if block_input is None else self.downsample or "identity"
+            return neuron(deployed_current(term, y, 1.0, self._threshold, shortcut=shortcut,
+                                           shortcut_input=block_input, half_up=self.half_up))
         extra = None if block_input is None else self.shortcut(block_input)
         if can_fuse_bn(term.bn, neuron, y):
             return bn_lif(term.bn, neuron, y, extra, extra_binary=extra is not None and self.downsample is None)
