@@ -11,7 +11,7 @@ is gone (``docs/runs/*.json`` in the command line; a folder given too replaces i
 Per run: dataset, model, T, epochs, train images, wall time, float / QAT / deployed integer accuracy. ANN-twin runs
 are paired with the spiking run of the same dataset and architecture (the SNN-vs-ANN gap). ``--accuracy-vs-t RUN``
 evaluates RUN's deployed network (``network.sfnet``) with the integer reference at T = 1..10 on the test set and
-plots it. The targets of the training issue (MNIST >= 99.4%, Fashion-MNIST >= 93.5%) are checked against the best
+plots it; the curve is archived with RUN's summary, so an archived summary given as RUN redraws it without the folder. The targets of the training issue (MNIST >= 99.4%, Fashion-MNIST >= 93.5%) are checked against the best
 deployed run per dataset.
 """
 
@@ -218,34 +218,45 @@ def main(argv=None) -> str:
                    "runs/ beside --out, i.e. docs/runs; '' to skip)")
     p.add_argument("--out", default="docs/results.md")
     p.add_argument("--accuracy-vs-t", metavar="RUN", default=None,
-                   help="a run folder whose network.sfnet is evaluated at T = 1..10")
+                   help="a run folder whose network.sfnet is evaluated at T = 1..10, or its archived summary "
+                   "(the curve stored there by an earlier call is redrawn)")
     p.add_argument("--png", default="docs/accuracy_vs_T.png")
     p.add_argument("--images", type=int, default=None, help="test images for the accuracy-vs-T curve (all: none)")
     p.add_argument("--data-dir", default=None, help="dataset folder of that run, if not the packaged one")
     argv = sys.argv[1:] if argv is None else list(argv)
     args = p.parse_args(argv)
     runs = load_runs(args.runs)  # ResultsError: the `spikeforge` command prints its sentence
+    curve = None
+    if args.accuracy_vs_t:
+        run = load_runs([args.accuracy_vs_t])[0]
+        sfnet = Path(args.accuracy_vs_t) / "network.sfnet"
+        if sfnet.is_file():
+            from spikeforge import netimage
+
+            from .data import load_dataset
+
+            x, y = load_dataset(run["config"]["dataset"], "test", args.data_dir or run["config"].get("data_dir"))
+            x, y = x[:args.images], y[:args.images]
+            steps = list(range(1, 11))
+            run["accuracy_vs_t"] = {"steps": steps, "images": len(y),
+                                    "accuracies": accuracy_vs_t(netimage.load(sfnet), np.asarray(x), np.asarray(y),
+                                                                steps)}
+        elif not isinstance(run.get("accuracy_vs_t"), dict):
+            raise ResultsError(f"{args.accuracy_vs_t}: no network.sfnet to evaluate and no accuracy-vs-T curve "
+                               "archived with it; pass the run folder that `spikeforge train` wrote (or its archived "
+                               "summary once a folder has been given with --accuracy-vs-t)")
+        stored = run["accuracy_vs_t"]  # measured just now, or archived by an earlier call
+        for r in runs:
+            if r["run"] == run["run"]:
+                r["accuracy_vs_t"] = stored  # archived below with the run's summary
+        png = plot_accuracy_vs_t(stored["steps"], stored["accuracies"], args.png,
+                                 f"{_model(run)} on {run['config']['dataset']}, trained at T={run['time_steps']}")
+        out_dir = Path(args.out).resolve().parent
+        rel = png.resolve().relative_to(out_dir) if png.resolve().is_relative_to(out_dir) else png
+        curve = {**stored, "run": run["run"], "trained_t": run["time_steps"], "png": str(rel)}
     archive = Path(args.out).parent / "runs" if args.archive is None else args.archive
     if archive:
         archive_runs(runs, args.runs, archive)
-    curve = None
-    if args.accuracy_vs_t:
-        from spikeforge import netimage
-
-        from .data import load_dataset
-
-        run = load_runs([args.accuracy_vs_t])[0]
-        net = netimage.load(Path(args.accuracy_vs_t) / "network.sfnet")
-        x, y = load_dataset(run["config"]["dataset"], "test", args.data_dir or run["config"].get("data_dir"))
-        x, y = x[:args.images], y[:args.images]
-        steps = list(range(1, 11))
-        accs = accuracy_vs_t(net, np.asarray(x), np.asarray(y), steps)
-        png = plot_accuracy_vs_t(steps, accs, args.png, f"{_model(run)} on {run['config']['dataset']}, "
-                                 f"trained at T={run['time_steps']}")
-        out_dir = Path(args.out).resolve().parent
-        rel = png.resolve().relative_to(out_dir) if png.resolve().is_relative_to(out_dir) else png
-        curve = {"run": args.accuracy_vs_t, "steps": steps, "accuracies": accs, "images": len(y),
-                 "trained_t": run["time_steps"], "png": str(rel)}
     text = render(runs, curve, " ".join(["spikeforge results", *argv]))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(text)

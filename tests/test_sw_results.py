@@ -80,6 +80,20 @@ def test_accuracy_vs_t_of_the_trained_demo_network(tmp_path):
     # one step of a network trained for ten is a poor classifier; ten steps are a good one
     assert accs[0] < accs[9] - 0.05 and accs[9] > 0.9
     assert np.all(np.isfinite(accs))
+    # the curve is archived with the run, so the page (table and plot) comes back once the folder is gone
+    archived = tmp_path / "docs" / "runs" / "run.json"
+    assert json.loads(archived.read_text())["accuracy_vs_t"]["images"] == 300
+    shutil.rmtree(run)
+    (tmp_path / "docs" / "acc.png").unlink()
+    again = results.main([str(archived), "--accuracy-vs-t", str(archived), "--out",
+                          str(tmp_path / "docs" / "results.md"), "--png", str(tmp_path / "docs" / "acc.png")])
+    assert row in again and f"## Accuracy vs T ({run})" in again
+    assert (tmp_path / "docs" / "acc.png").stat().st_size > 1000
+    # a summary with neither a network nor a stored curve is one sentence
+    bare = tmp_path / "bare.json"
+    bare.write_text(json.dumps(dict(_summary("mnist", "demo", 0.98, 0.98), run="build/bare")))
+    with pytest.raises(results.ResultsError, match=r"bare.json: no network.sfnet to evaluate and no accuracy-vs-T"):
+        results.main([str(bare), "--accuracy-vs-t", str(bare), "--out", str(tmp_path / "r.md")])
 
 
 def test_the_cli_names_the_command_that_wrote_the_page(tmp_path, capsys):
