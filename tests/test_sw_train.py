@@ -339,3 +339,63 @@ def test_compile_trains_like_eager(fake_cifar, tmp_path):
     for name, value in states[0].items():
         if value.is_floating_point():
             torch.testing.assert_close(states[1][name], value, rtol=1e-3, atol=1e-5, msg=name)
+
+
+def test_channels_last_is_chosen_where_it_is_safe_and_trains_the_same_network():
+    """--channels-last auto: NHWC weights on the CPU, NCHW on CUDA or when asked; a net with a conv that hangs
+    oneDNN in NHWC (1x1 stride-2 from < 8 channels) stays NCHW with one log line. The trainer's set-up (NHWC
+    weights, bool-saved spike inputs in a ResNet) gives the same loss and gradients as plain NCHW on one batch."""
+    from spikeforge.sw.fused import _SpikeInputConv2d
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    lines = []
+    wide = train_module.build_model(TrainConfig(arch="resnet8", width=0.5).validate(), False)  # shortcut from 8
+    narrow = train_module.build_model(TrainConfig(arch="resnet8", width=0.25).validate(), False)  # ... from 4
+    assert train_module._memory_format(TrainConfig(), wide, cpu, lines.append) == torch.channels_last
+    assert train_module._memory_format(TrainConfig(), wide, cuda, lines.append) == torch.contiguous_format
+    assert train_module._memory_format(TrainConfig(channels_last="false"), wide, cpu, lines.append) \
+        == torch.contiguous_format
+    assert train_module._memory_format(TrainConfig(channels_last="true"), wide, cuda, lines.append) \
+        == torch.channels_last
+    assert not lines
+    assert train_module._memory_format(TrainConfig(channels_last="true"), narrow, cpu, lines.append) \
+        == torch.contiguous_format
+    assert len(lines) == 1 and "stages.1.0.downsample.conv" in lines[0] and "4 input channels" in lines[0]
+    with pytest.raises(train_module.ConfigError, match="channels_last must be 'auto', 'true' or 'false'"):
+        TrainConfig(channels_last="yes").validate()
+
+    torch.manual_seed(0)
+    images = torch.rand(6, 1, 28, 28)
+    labels = torch.arange(6) % 10
+    for arch in ("c4s1w8-c8s2w4-d8w4-d10w4", "resnet8"):
+        for quantized in (False, True):
+            config = TrainConfig(arch=arch, time_steps=3, width=0.5).validate()
+            results = []
+            for fmt in (torch.contiguous_format, torch.channels_last):
+                torch.manual_seed(1)
+                model = train_module.build_model(config, quantized)
+                if fmt == torch.channels_last:
+                    train_module._for_training(model, config, fmt)
+                    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+                    assert all(m.weight.is_contiguous(memory_format=fmt) for m in convs)
+                    spiking = arch == "resnet8" and not quantized  # plain hidden convs: bool-saved inputs
+                    assert any(type(m) is _SpikeInputConv2d for m in convs) == spiking
+                loss = F.cross_entropy(model(images), labels)
+                loss.backward()
+                results.append((loss.detach(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None}))
+            (ref_loss, ref), (loss, grads) = results
+            torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-6)
+            assert grads.keys() == ref.keys()
+            for name, g in grads.items():
+                torch.testing.assert_close(g, ref[name], rtol=1e-3, atol=1e-5, msg=f"{arch} {quantized} {name}")
+
+
+def test_a_channels_last_run_saves_an_nchw_checkpoint_that_exports(fake_cifar, tmp_path):
+    summary = train(_resnet_config(fake_cifar / "c10", tmp_path / "cl", width=0.5, channels_last="true"))
+    assert summary["memory_format"] == "channels_last"
+    state = torch.load(tmp_path / "cl" / "checkpoint.pt", weights_only=False)["model"]
+    assert all(v.is_contiguous() for v in state.values())
+    net = netimage.load(tmp_path / "cl" / "network.sfnet")
+    assert net.populations[-1].shape == (10,) and 0.0 <= summary["deployed_accuracy"] <= 1.0
+    narrow = train(_resnet_config(fake_cifar / "c10", tmp_path / "nchw", epochs_qat=0, channels_last="true"))
+    assert narrow["memory_format"] == "contiguous_format"
