@@ -392,10 +392,12 @@ def test_channels_last_is_chosen_where_it_is_safe_and_trains_the_same_network():
 
 def test_a_channels_last_run_saves_an_nchw_checkpoint_that_exports(fake_cifar, tmp_path):
     summary = train(_resnet_config(fake_cifar / "c10", tmp_path / "cl", width=0.5, channels_last="true"))
-    assert summary["memory_format"] == "channels_last"
+    assert summary["memory_format"] == {"float": "channels_last", "qat": "channels_last"}  # asked for: both phases
     state = torch.load(tmp_path / "cl" / "checkpoint.pt", weights_only=False)["model"]
     assert all(v.is_contiguous() for v in state.values())
     net = netimage.load(tmp_path / "cl" / "network.sfnet")
     assert net.populations[-1].shape == (10,) and 0.0 <= summary["deployed_accuracy"] <= 1.0
     narrow = train(_resnet_config(fake_cifar / "c10", tmp_path / "nchw", epochs_qat=0, channels_last="true"))
-    assert narrow["memory_format"] == "contiguous_format"
+    assert narrow["memory_format"] == {"float": "contiguous_format", "qat": "contiguous_format"}
+    auto = train(_resnet_config(fake_cifar / "c10", tmp_path / "auto", width=0.5, epochs_float=0))
+    assert auto["memory_format"] == {"qat": "contiguous_format"}  # auto: a ResNet's QAT stays NCHW (slower in NHWC)
