@@ -416,7 +416,7 @@ def _recalibrate_bn(model: nn.Module, images: np.ndarray, config: TrainConfig, g
 
 def _memory_format(config: TrainConfig, model: nn.Module, device: torch.device, log) -> torch.memory_format:
     """The conv layout to train in: channels_last where asked for ('auto': on the CPU, where oneDNN's NHWC convs
-    train 1.4-1.6x faster, docs/training.md), unless a conv of the model hits the oneDNN weight-gradient hang
+    train float epochs ~1.4x faster, docs/training.md; start_phase keeps a ResNet's QAT phase NCHW), unless a conv of the model hits the oneDNN weight-gradient hang
     (fused.onednn_weight_grad_hangs: a 1x1 stride-2 conv from fewer than 8 channels, e.g. a narrow ResNet's
     downsample), which then keeps the whole model in NCHW."""
     from .fused import onednn_weight_grad_hangs
@@ -849,8 +849,8 @@ _HELP = {
     "device": "auto | cpu | cuda (under torchrun: cuda:LOCAL_RANK)",
     "deployed_images": "test images for the deployed integer evaluation (none = all)",
     "lif": "LIF implementation: compiled (fused T-step kernels, torch.compile) | fused (no compile) | autograd",
-    "channels_last": "conv memory layout: auto (channels_last on the CPU, where it trains 1.4-1.6x faster) | true | "
-                     "false (NCHW)",
+    "channels_last": "conv memory layout: auto (channels_last on the CPU, where float epochs train 1.4x faster; a "
+                     "ResNet's QAT phase stays NCHW) | true | false (NCHW)",
 }
 
 
