@@ -416,9 +416,9 @@ def _recalibrate_bn(model: nn.Module, images: np.ndarray, config: TrainConfig, g
 
 def _memory_format(config: TrainConfig, model: nn.Module, device: torch.device, log) -> torch.memory_format:
     """The conv layout to train in: channels_last where asked for ('auto': on the CPU, where oneDNN's NHWC convs
-    train float epochs ~1.4x faster, docs/training.md; start_phase keeps a ResNet's QAT phase NCHW), unless a conv of the model hits the oneDNN weight-gradient hang
-    (fused.onednn_weight_grad_hangs: a 1x1 stride-2 conv from fewer than 8 channels, e.g. a narrow ResNet's
-    downsample), which then keeps the whole model in NCHW."""
+    train float epochs ~1.4x faster, docs/training.md; start_phase keeps a ResNet's QAT phase NCHW), unless a conv
+    of the model hits the oneDNN weight-gradient hang (fused.onednn_weight_grad_hangs: a 1x1 stride-2 conv from
+    fewer than 8 channels, e.g. a narrow ResNet's downsample), which then keeps the whole model in NCHW."""
     from .fused import onednn_weight_grad_hangs
 
     want = device.type == "cpu" if config.channels_last == "auto" else config.channels_last == "true"
