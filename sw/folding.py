@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["bn_affine", "fold_channels", "zero_scale_threshold", "round_ste", "ZERO_SCALE_DEFAULT_THRESHOLD"]
+__all__ = ["bn_affine", "fold_channels", "zero_scale_threshold", "round_ste", "integer_current", "start_half_up",
+           "ZERO_SCALE_DEFAULT_THRESHOLD"]
 
 # The integer threshold of a zero-scale channel when no other channel of its layer sets the scale.
 ZERO_SCALE_DEFAULT_THRESHOLD = 256
@@ -42,7 +43,39 @@ def start_half_up(current: torch.Tensor, unit: torch.Tensor) -> torch.Tensor:
     forward missed 0.25-2.3% of the integer reference's spikes per layer; with it, none (docs/training.md).
     Only for neurons without a leak: the deployed leak's floored shift is not what the float leak does anyway."""
     half = (0.5 * unit).detach().to(current.dtype).view((1, 1, -1) + (1,) * (current.ndim - 3))
-    return torch.cat([current[:1] + half, current[1:]])
+    # one broadcast add of [T, 1, C, ...] (half at step 0, +0.0 after: the same values as concatenating step 0 +
+    # half with the rest), whose backward passes the gradient through instead of slicing and re-assembling it
+    first = torch.zeros((current.shape[0],) + (1,) * (current.ndim - 1), dtype=current.dtype, device=current.device)
+    first[0] = 1
+    return current + first * half
+
+
+def _integer_current(out, sign, unit, bias, theta, threshold: float, extra, extra_scale):
+    integer = round_ste(sign * out / unit) + bias
+    if extra is not None:
+        integer = integer + (extra if extra_scale is None else extra_scale * extra)
+    return threshold * integer / theta
+
+
+def integer_current(out: torch.Tensor, sign: torch.Tensor, unit: torch.Tensor, bias: torch.Tensor,
+                    theta: torch.Tensor, threshold: float = 1.0, extra: torch.Tensor | None = None,
+                    extra_scale: torch.Tensor | None = None, *, compiled: bool = False) -> torch.Tensor:
+    """The current a deployed integer population integrates, on the float neuron's scale, with straight-through
+    rounding (deploy-aware QAT): ``threshold * (round(sign * out / unit) + bias + extra_scale * extra) / theta``.
+
+    ``out`` is the quantized layer's output (``unit`` per channel: the float value of one integer unit of
+    ``W_int x``, so ``out / unit`` is an integer up to float error, which the rounding removes while passing the
+    gradient straight through); ``extra`` an integer-valued term added before the division (a residual join's
+    shortcut: its spikes, scaled by ``extra_scale``, or its requantized conv). The per-channel tensors come shaped
+    to broadcast against ``out``. ``compiled``: one torch.compile'd elementwise kernel each way instead of ~6 eager
+    passes over the [T*B, C, ...] tensor and ~12 back (a ~6x faster deploy-aware QAT current, docs/training.md);
+    the same operations in the same order, so the same values (gradients up to float rounding)."""
+    args = (out, sign, unit, bias, theta, float(threshold), extra, extra_scale)
+    if compiled and not torch.compiler.is_compiling():  # a whole-model torch.compile traces the eager form
+        from .fused import _compiled
+
+        return _compiled("integer_current")(*args)
+    return _integer_current(*args)
 
 
 def zero_scale_threshold(theta: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:

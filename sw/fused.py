@@ -203,15 +203,18 @@ _COMPILED: dict[str, object] = {}
 # Each kernel is specialized (one compilation each) on T (the loop is unrolled), the current's rank and layout (an
 # expanded first-layer current has stride 0 over T), the neuron's constants and the surrogate: a process that trains
 # several configurations (a test session, a sweep) needs more than dynamo's default 8 versions of a kernel, and with
-# fullgraph=True running out is an error, not a fallback. The higher limit applies to these two kernels only.
+# fullgraph=True running out is an error, not a fallback. The higher limit applies to these kernels only.
 RECOMPILE_LIMIT = 64
 
 
 def _compiled(name: str):
     """torch.compile of a kernel above, made on first use (compiling takes seconds; eager users never pay it)."""
     if name not in _COMPILED:
+        from .folding import _integer_current
+
         kernels = {"forward": _forward_kernel, "backward": _backward_kernel,
-                   "bn_forward": _bn_lif_forward_kernel, "bn_backward": _bn_lif_backward_kernel}
+                   "bn_forward": _bn_lif_forward_kernel, "bn_backward": _bn_lif_backward_kernel,
+                   "integer_current": _integer_current}
         kernel = torch.compile(kernels[name], dynamic=True, fullgraph=True)
 
         def run(*args):

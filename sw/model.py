@@ -16,7 +16,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .folding import bn_affine, fold_channels, round_ste, start_half_up
+from .folding import bn_affine, fold_channels, integer_current, round_ste, start_half_up
 from .neuron import LIF
 
 __all__ = ["LayerSpec", "Architecture", "ARCHITECTURES", "SpikingBlock", "IntegratorReadout", "SpikingNet",
@@ -185,8 +185,8 @@ class SpikingBlock(nn.Module):
         # out / unit, and passes the gradient straight through (as sw/resnet.py's deployed_current does)
         sign, theta, bias, unit = self.folded_parameters(rounding=round_ste)
         view = (1, -1) + (1,) * (out.ndim - 2)
-        integer_current = round_ste(sign.view(view) * out / unit.view(view)) + bias.view(view)
-        return integer_current / theta.view(view)
+        return integer_current(out, sign.view(view), unit.view(view), bias.view(view), theta.view(view),
+                               compiled=getattr(self.neuron, "compiled", False))
 
     def forward(self, x: torch.Tensor, time_steps: int | None = None) -> torch.Tensor:
         if self.static:

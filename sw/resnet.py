@@ -16,7 +16,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .bn import BNTT, make_bn
-from .folding import round_ste, start_half_up
+from .folding import integer_current, round_ste, start_half_up
 from .fused import bn_lif, can_fuse_bn
 from .model import PIXEL_MAX, weight_scale
 from .neuron import LIF, Surrogate
@@ -101,9 +101,10 @@ class ConvBN(nn.Module):
 
 def deployed_current(term: ConvBN, conv_out: torch.Tensor, source_unit: float, threshold: float, *,
                      shortcut: ConvBN | str | None = None, shortcut_input: torch.Tensor | None = None,
-                     half_up: bool = False) -> torch.Tensor:
+                     half_up: bool = False, compiled: bool = False) -> torch.Tensor:
     """The current the deployed integer population integrates, on the float neuron's scale, with straight-through
-    rounding (deploy-aware QAT): ``threshold * (sign * W_int x + shortcut_int + bias) / theta``.
+    rounding (deploy-aware QAT): ``threshold * (sign * W_int x + shortcut_int + bias) / theta``
+    (folding.integer_current; ``compiled``: its torch.compile'd kernel, as the population's compiled FusedLIF).
 
     ``conv_out`` is the main quantized conv's output (``[N, C, H, W]`` or ``[T, B, C, H, W]``), ``shortcut`` None,
     ``"identity"`` or the shortcut's ConvBN applied to ``shortcut_input`` (same leading shape); the integer
@@ -116,16 +117,14 @@ def deployed_current(term: ConvBN, conv_out: torch.Tensor, source_unit: float, t
     def per_channel(t: torch.Tensor) -> torch.Tensor:
         return t.view(-1, 1, 1)
 
-    # W_int x is an integer (integer weights, integer pixels or spikes): rounding only removes the float error of
-    # conv_out / unit, and passes the gradient straight through
-    current = round_ste(per_channel(folded.sign) * conv_out / per_channel(folded.unit)) + per_channel(folded.bias)
+    extra, extra_scale = None, None
     if shortcut == "identity":
-        current = current + per_channel(folded.shortcut) * shortcut_input
+        extra, extra_scale = shortcut_input, per_channel(folded.shortcut)
     elif shortcut is not None:
         conv = shortcut.conv
-        current = current + over_time(
-            lambda z: F.conv2d(z, folded.shortcut, None, conv.stride, conv.padding), shortcut_input)
-    current = threshold * current / per_channel(folded.threshold)
+        extra = over_time(lambda z: F.conv2d(z, folded.shortcut, None, conv.stride, conv.padding), shortcut_input)
+    current = integer_current(conv_out, per_channel(folded.sign), per_channel(folded.unit), per_channel(folded.bias),
+                              per_channel(folded.threshold), threshold, extra, extra_scale, compiled=compiled)
     return start_half_up(current, threshold / folded.threshold) if half_up else current
 
 
@@ -155,7 +154,8 @@ class _Block(nn.Module):
         if self.deploy_aware:
             shortcut = None if block_input is None else self.downsample or "identity"
             return neuron(deployed_current(term, y, 1.0, self._threshold, shortcut=shortcut,
-                                           shortcut_input=block_input, half_up=self.half_up))
+                                           shortcut_input=block_input, half_up=self.half_up,
+                                           compiled=getattr(neuron, "compiled", False)))
         extra = None if block_input is None else self.shortcut(block_input)
         if can_fuse_bn(term.bn, neuron, y):
             return bn_lif(term.bn, neuron, y, extra, extra_binary=extra is not None and self.downsample is None)
@@ -293,7 +293,8 @@ class SpikingResNet(nn.Module):
         spikes: dict[str, torch.Tensor] = {}
         if images01.ndim == 4:
             if self.deploy_aware:
-                current = deployed_current(self.stem, self.stem.conv(images01), 1.0 / PIXEL_MAX, self.threshold)
+                current = deployed_current(self.stem, self.stem.conv(images01), 1.0 / PIXEL_MAX, self.threshold,
+                                           compiled=getattr(self.stem_neuron, "compiled", False))
                 current = current.unsqueeze(0).expand(T, *current.shape)
                 if self.half_up:
                     theta = fold_population(self.stem, 1.0 / PIXEL_MAX, self.threshold, None, train=True).threshold
@@ -305,7 +306,8 @@ class SpikingResNet(nn.Module):
                 raise ValueError("the ANN twin takes static images [B, C, H, W], not a sequence")
             T = images01.shape[0]
             current = deployed_current(self.stem, over_time(self.stem.conv, images01), 1.0 / PIXEL_MAX,
-                                       self.threshold, half_up=self.half_up) if self.deploy_aware \
+                                       self.threshold, half_up=self.half_up,
+                                       compiled=getattr(self.stem_neuron, "compiled", False)) if self.deploy_aware \
                 else self.stem(images01)
         else:
             raise ValueError(f"images must be [B, C, H, W] or [T, B, C, H, W], not {list(images01.shape)}")
@@ -314,7 +316,8 @@ class SpikingResNet(nn.Module):
             x = over_time(self.maxpool, x)
         if self.stem_pool is not None:
             current = deployed_current(self.stem_pool, over_time(self.stem_pool.conv, x), 1.0, self.threshold,
-                                       half_up=self.half_up) if self.deploy_aware else self.stem_pool(x)
+                                       half_up=self.half_up, compiled=getattr(self.stem_pool_neuron, "compiled", False)
+                                       ) if self.deploy_aware else self.stem_pool(x)
             x = spikes["stem_pool"] = self.stem_pool_neuron(current)
         for i, stage in enumerate(self.stages, 1):
             for j, blk in enumerate(stage):

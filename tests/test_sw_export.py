@@ -183,13 +183,18 @@ def test_half_unit_start_fires_where_the_integer_membrane_reaches_theta(lif):
     assert plain[-1] == 0 and torch.equal(half_up, integer)
 
 
-def test_chain_deploy_aware_forward_tracks_the_integer_reference():
+@pytest.mark.parametrize("compiled", [False, True])
+def test_chain_deploy_aware_forward_tracks_the_integer_reference(compiled):
     """On a chain whose folded numbers are NOT exact (BN statistics of random data, real pixels), the deploy-aware
-    forward spikes as the integer reference does, where plain float BN drifts away from it."""
+    forward spikes as the integer reference does, where plain float BN drifts away from it; also with the compiled
+    neurons that training uses, whose deploy-aware current is a compiled kernel (folding.integer_current)."""
+    from spikeforge.sw.fused import fused_lif_neuron
     from spikeforge.sw.model import spiking_net
 
     torch.manual_seed(1)
-    model = spiking_net(Architecture.parse("c6s1w8-c8s2w4-d12w4-d5w4", input_shape=(1, 12, 12)), time_steps=T)
+    arch = Architecture.parse("c6s1w8-c8s2w4-d12w4-d5w4", input_shape=(1, 12, 12))
+    model = SpikingNet(arch, time_steps=T, neuron=fused_lif_neuron(compiled=True)) if compiled \
+        else spiking_net(arch, time_steps=T)
     with torch.no_grad():
         for _ in range(3):  # BN statistics of random data
             model(torch.rand(32, 1, 12, 12))

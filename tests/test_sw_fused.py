@@ -402,3 +402,68 @@ def test_spike_conv_weight_grad_avoids_the_onednn_hang():
         grads.append((a.grad, w.grad))
     torch.testing.assert_close(grads[0][0], grads[1][0])
     torch.testing.assert_close(grads[0][1], grads[1][1])
+
+
+@pytest.mark.parametrize("shape, extra_kind, layout", [
+    ((12, 5, 6, 6), None, "nchw"), ((12, 5, 6, 6), None, "channels_last"), ((3, 4, 5, 6, 6), "identity", "nchw"),
+    ((3, 4, 5, 6, 6), "conv", "nchw"), ((12, 5), None, "nchw")])
+def test_compiled_integer_current_matches_eager(shape, extra_kind, layout):
+    """Deploy-aware QAT's current (folding.integer_current) as one compiled kernel: the eager form's values
+    bit for bit (they decide spikes against the integer reference) and its gradients, for every input."""
+    from spikeforge.sw.folding import integer_current
+
+    g = torch.Generator().manual_seed(len(shape) + (extra_kind is not None))
+    channels = shape[-3] if len(shape) > 2 else shape[1]
+    view = (-1, 1, 1) if len(shape) > 2 else (1, -1)
+    unit = torch.rand(channels, generator=g, dtype=torch.float64).float() * 0.01 + 1e-3
+    out = torch.randint(-60, 60, shape, generator=g).float() * unit.view(view)
+    out = out * (1 + 1e-6 * torch.randn(shape, generator=g))  # the float error the rounding removes
+    if layout == "channels_last":
+        out = out.contiguous(memory_format=torch.channels_last)
+    sign = torch.where(torch.rand(channels, generator=g) < 0.3, -1.0, 1.0)
+    bias = torch.randint(-20, 20, (channels,), generator=g).float()
+    theta = torch.randint(1, 50, (channels,), generator=g).float()
+    extra = extra_scale = None
+    if extra_kind is not None:
+        extra = torch.randint(-3, 4, shape, generator=g).float()
+        if extra_kind == "identity":
+            extra = (extra > 0).float()
+            extra_scale = torch.randint(1, 9, (channels,), generator=g).float()
+    results = []
+    for compiled in (False, True):
+        leaves = [t.clone().requires_grad_(True) for t in (out, unit, bias, theta)]
+        if extra is not None:
+            leaves.append(extra.clone().requires_grad_(True))
+        if extra_scale is not None:
+            leaves.append(extra_scale.clone().requires_grad_(True))
+        o, u, b, th = leaves[:4]
+        e = leaves[4] if extra is not None else None
+        es = leaves[5].view(view) if extra_scale is not None else None
+        y = integer_current(o, sign.view(view), u.view(view), b.view(view), th.view(view), 0.75, e, es,
+                            compiled=compiled)
+        (y * torch.linspace(-1, 1, y.numel()).view(y.shape)).sum().backward()
+        results.append((y.detach(), [leaf.grad for leaf in leaves]))
+    (eager, eager_grads), (fused, fused_grads) = results
+    assert torch.equal(eager, fused)
+    expected = 0.75 * (torch.round(sign.view(view) * out / unit.view(view)) + bias.view(view)
+                       + (0 if extra is None else extra * (1 if extra_scale is None else extra_scale.view(view)))
+                       ) / theta.view(view)
+    assert torch.allclose(eager, expected, rtol=1e-6, atol=0)
+    for a, b in zip(eager_grads, fused_grads):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6 * float(a.abs().max()))
+
+
+def test_start_half_up_adds_half_a_unit_to_step_zero_only():
+    """folding.start_half_up as a broadcast add: step 0 gets half a unit per channel, every later step is unchanged
+    (also for an expanded first-layer current), and the gradient reaches the current untouched."""
+    from spikeforge.sw.folding import start_half_up
+
+    unit = torch.tensor([0.5, 0.25, 0.125])
+    for current in (_current(torch.float32, (4, 2, 3, 5)), _current(torch.float32, (2, 3, 5)).expand(4, 2, 3, 5)):
+        current = current.detach().requires_grad_(True)
+        shifted = start_half_up(current, unit)
+        assert torch.equal(shifted[1:], current[1:])
+        assert torch.equal(shifted[0], current[0] + 0.5 * unit.view(1, -1, 1))
+        grad = torch.randn(shifted.shape)
+        shifted.backward(grad)
+        assert torch.equal(current.grad, grad)

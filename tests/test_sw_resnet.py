@@ -110,12 +110,17 @@ def test_float_resnet_equals_integer_reference_exactly(build, size, deploy_aware
         assert pop.acc_bits == netimage.required_acc_bits(net, k)
 
 
-def test_deploy_aware_forward_tracks_the_integer_reference():
+@pytest.mark.parametrize("compiled", [False, True])
+def test_deploy_aware_forward_tracks_the_integer_reference(compiled):
     """On a network whose folded numbers are NOT exact (BN statistics of random data, real pixels), the
     deploy-aware forward (rounded thresholds, biases and shortcuts in the loop) spikes as the integer reference
-    does, where plain float BN drifts away from it."""
+    does, where plain float BN drifts away from it; also with compiled neurons, whose deploy-aware current is a
+    compiled kernel (folding.integer_current)."""
+    from spikeforge.sw.fused import fused_lif_neuron
+
     torch.manual_seed(1)
-    model = resnet8(width=0.5, num_classes=5, wbits=4, time_steps=T)
+    model = resnet8(width=0.5, num_classes=5, wbits=4, time_steps=T,
+                    **({"neuron": fused_lif_neuron(compiled=True)} if compiled else {}))
     with torch.no_grad():
         for _ in range(3):
             model(torch.rand(32, 1, 12, 12))
