@@ -401,3 +401,39 @@ def test_a_channels_last_run_saves_an_nchw_checkpoint_that_exports(fake_cifar, t
     assert narrow["memory_format"] == {"float": "contiguous_format", "qat": "contiguous_format"}
     auto = train(_resnet_config(fake_cifar / "c10", tmp_path / "auto", width=0.5, epochs_float=0))
     assert auto["memory_format"] == {"qat": "contiguous_format"}  # auto: a ResNet's QAT stays NCHW (slower in NHWC)
+    assert summary["malloc_cache"] and narrow["malloc_cache"] and auto["malloc_cache"]  # auto / default on the CPU
+
+
+def _mmapped_bytes() -> int:
+    """glibc's mallinfo2().hblkhd: the bytes the C heap holds in mmap'd blocks."""
+    import ctypes
+
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                         "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+    mallinfo2 = ctypes.CDLL("libc.so.6").mallinfo2
+    mallinfo2.restype = MallInfo2
+    return mallinfo2().hblkhd
+
+
+def test_malloc_cache_serves_large_tensors_from_the_heap_and_restores_the_default():
+    """train's malloc cache: a 64 MiB tensor (above glibc's largest mmap threshold) comes from the heap while it is
+    on, from a fresh mmap before and after it, and a bad value is a config error."""
+    big = 64 * 2 ** 20
+
+    def mmapped_while_held() -> int:
+        x = torch.empty(big, dtype=torch.uint8)
+        held = _mmapped_bytes()
+        del x
+        return held
+
+    assert mmapped_while_held() >= big
+    with train_module.malloc_cache(True) as cached:
+        assert cached
+        assert mmapped_while_held() < big
+    assert mmapped_while_held() >= big
+    with train_module.malloc_cache(False) as cached:
+        assert not cached and mmapped_while_held() >= big
+    with pytest.raises(train_module.ConfigError, match="malloc_cache must be 'auto', 'true' or 'false'"):
+        TrainConfig(malloc_cache="yes").validate()
