@@ -114,7 +114,9 @@ def plot_accuracy_vs_t(steps, accuracies, path, title: str) -> Path:
     ax.set_ylabel("deployed integer accuracy (%)")
     ax.set_xticks(list(steps))
     ax.grid(alpha=0.3)
-    ax.set_title(title, fontsize=9)
+    import textwrap
+
+    ax.set_title("\n".join(textwrap.wrap(title, 70)), fontsize=9)  # a long architecture string would be clipped
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
