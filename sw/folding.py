@@ -68,7 +68,7 @@ def integer_current(out: torch.Tensor, sign: torch.Tensor, unit: torch.Tensor, b
     gradient straight through); ``extra`` an integer-valued term added before the division (a residual join's
     shortcut: its spikes, scaled by ``extra_scale``, or its requantized conv). The per-channel tensors come shaped
     to broadcast against ``out``. ``compiled``: one torch.compile'd elementwise kernel each way instead of ~6 eager
-    passes over the [T*B, C, ...] tensor and ~12 back (a ~6x faster deploy-aware QAT current, docs/training.md);
+    passes over the [T*B, C, ...] tensor and ~12 back (5-6x faster for one chain layer, docs/training.md);
     the same operations in the same order, so the same values (gradients up to float rounding)."""
     args = (out, sign, unit, bias, theta, float(threshold), extra, extra_scale)
     if compiled and not torch.compiler.is_compiling():  # a whole-model torch.compile traces the eager form

@@ -21,6 +21,7 @@ import argparse
 import dataclasses
 import json
 import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -114,8 +115,6 @@ def plot_accuracy_vs_t(steps, accuracies, path, title: str) -> Path:
     ax.set_ylabel("deployed integer accuracy (%)")
     ax.set_xticks(list(steps))
     ax.grid(alpha=0.3)
-    import textwrap
-
     ax.set_title("\n".join(textwrap.wrap(title, 70)), fontsize=9)  # a long architecture string would be clipped
     fig.tight_layout()
     path = Path(path)
