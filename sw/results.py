@@ -11,7 +11,7 @@ is gone (``docs/runs/*.json`` in the command line; a folder given too replaces i
 Per run: dataset, model, T, epochs, train images, wall time, float / QAT / deployed integer accuracy. ANN-twin runs
 are paired with the spiking run of the same dataset and architecture (the SNN-vs-ANN gap). ``--accuracy-vs-t RUN``
 evaluates RUN's deployed network (``network.sfnet``) with the integer reference at T = 1..10 on the test set and
-plots it; the curve is archived with RUN's summary, so an archived summary given as RUN redraws it without the folder. The targets of the training issue (MNIST >= 99.4%, Fashion-MNIST >= 93.5%) are checked against the best
+plots it; the curve is archived with RUN's summary, so an archived summary given as RUN redraws it without the folder. The targets of the training issue (MNIST >= 99.4%, Fashion-MNIST >= 93.5%, stretch 94.4%) are checked against the best
 deployed run per dataset.
 """
 
@@ -27,9 +27,10 @@ from pathlib import Path
 import numpy as np
 
 __all__ = ["ResultsError", "load_runs", "archive_runs", "train_command", "accuracy_vs_t", "plot_accuracy_vs_t",
-           "render", "main", "TARGETS"]
+           "render", "main", "TARGETS", "STRETCH"]
 
 TARGETS = {"mnist": 0.994, "fashion-mnist": 0.935}  # deployed integer accuracy at T=10 (issue 3)
+STRETCH = {"fashion-mnist": 0.944}  # issue 3's stretch: a published direct-trained SNN's ~94.4% (float weights)
 _NOT_FLAGS = {"progress", "threads", "eval_batch"}  # do not change the result
 
 
@@ -199,14 +200,18 @@ def render(runs: list[dict], curve: dict | None = None, command: str = "spikefor
                   "| accuracy | " + " | ".join(f"{100 * a:.2f}" for a in curve["accuracies"]) + " |", "",
                   f"![accuracy vs T]({curve['png']})"]
     lines += ["", "## Targets (deployed integer accuracy, T=10, quantized weights)", "",
-              "| dataset | target | best run | deployed | met |", "|---|---|---|---|---|"]
+              "| dataset | target | best run | deployed | met | stretch | stretch met |",
+              "|---|---|---|---|---|---|---|"]
     for dataset, target in TARGETS.items():
         done = [r for r in runs if r["config"]["dataset"] == dataset and r.get("deployed_accuracy") is not None
                 and r["time_steps"] == 10 and r.get("deployed_images", r["test_images"]) == r["test_images"]]
         best = max(done, key=lambda r: r["deployed_accuracy"], default=None)
+        stretch = STRETCH.get(dataset)
+        reached = best is not None and stretch is not None and best["deployed_accuracy"] >= stretch
         lines.append(f"| {dataset} | {_pct(target)} | " + (
             f"`{best['run']}` | {_pct(best['deployed_accuracy'])} | "
-            f"{'yes' if best['deployed_accuracy'] >= target else 'no'} |" if best else "none | - | no |"))
+            f"{'yes' if best['deployed_accuracy'] >= target else 'no'} |" if best else "none | - | no |")
+            + (f" {_pct(stretch)} | {'yes' if reached else 'no'} |" if stretch is not None else " - | - |"))
     return "\n".join(lines) + "\n"
 
 
