@@ -1,4 +1,4 @@
-"""Training-speed benchmark: one spiking ResNet-18 trained by spikeforge, SpikingJelly and snnTorch on the CPU.
+"""Training-speed benchmark: one spiking ResNet-18 trained by spikeforge, SpikingJelly and snnTorch (CPU or CUDA).
 
 Every framework runs in its own child process; the parent steps them in lockstep (one training step of each in
 turn), so all see the same machine load, and reports median step times, images/s and peak memory. The peer models
@@ -6,6 +6,11 @@ are written here, layer for layer the network of sw/resnet.py (same convs, BN, L
 soft reset, arctan surrogate of width 0.5 = alpha 2, T steps, readout = mean over T of fc(global average)).
 
     python -m spikeforge.sw.bench_train --width-div 4          # quick mode, writes docs/benchmarks.md
+    python -m spikeforge.sw.bench_train --device cuda --warmup 3 --steps 20   # on a GPU (peak = GPU memory)
+
+On CUDA every child turns on cuDNN autotuning (``torch.backends.cudnn.benchmark``) and keeps torch's defaults
+otherwise (TF32 convolutions); the peak memory is the GPU's (``torch.cuda.max_memory_allocated`` in the timed steps)
+and the warm-up steps run in all children at once (compiling is CPU work; nothing is timed then).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import argparse
 import json
 import os
 import resource
+import select
 import statistics
 import subprocess
 import sys
@@ -40,11 +46,16 @@ SPIKEFORGE = {
     "spikeforge-bf16mem": dict(_BEST, membrane_bf16=True),
     "spikeforge-compile": dict(_BEST, compile=True),
     "spikeforge-bf16": dict(_BEST, bf16=True),
+    "spikeforge-compile-bf16": dict(_BEST, compile=True, bf16=True),
+    # CUDA: whole-model torch.compile with CUDA graphs (mode="reduce-overhead"): the step's ~1000 kernel launches
+    # replayed as graphs, so the GPU no longer waits for Python (on the CPU the mode compiles like "default")
+    "spikeforge-graphs": dict(_BEST, compile="reduce-overhead"),
+    "spikeforge-graphs-bf16": dict(_BEST, compile="reduce-overhead", bf16=True),
 }
 PEERS = ("spikingjelly", "spikingjelly-compile", "snntorch")
 # not one of the issue's peers: SpikingJelly + torch.compile under the same bf16 autocast as spikeforge-bf16, to show
 # how much of a bf16 gain is the CPU's bf16 convs alone
-PEER_VARIANTS = ("spikingjelly-compile-bf16",)
+PEER_VARIANTS = ("spikingjelly-compile-bf16", "spikingjelly-graphs", "spikingjelly-graphs-bf16")
 CONV_STACK = "conv-stack"
 CONV_STACK_BF16 = "conv-stack-bf16"  # the same convs under bf16 autocast: the ceiling of the bf16 configurations
 DEFAULT = ("spikeforge", "spikingjelly", "spikingjelly-compile", "snntorch")
@@ -89,9 +100,9 @@ def _spikeforge_model(cfg: dict, args):
 
     run = model
     if cfg.get("compile"):
-        run = torch.compile(model)
+        run = _compile(model, cfg["compile"])
     if cfg.get("bf16"):
-        run = _bf16(run)
+        run = _bf16(run, args.device)
     return model, (lambda images: run(inputs(images))), None
 
 
@@ -130,18 +141,34 @@ def _peer_resnet18(lif, conv_bn, linear, widths, time_loop):
     return Net()
 
 
-def _bf16(run):
-    """``run`` under CPU bf16 autocast (convs and linear layers in bf16), returning float32 logits."""
+def _compile(model, mode):
+    """torch.compile(model); ``mode`` True (Inductor's default) or a mode name. "reduce-overhead" (CUDA graphs)
+    marks the start of every training step, so a graph's outputs of the last step may be overwritten."""
+    import torch
+
+    if mode is True:
+        return torch.compile(model)
+    compiled = torch.compile(model, mode=mode)
+
+    def run(x):
+        torch.compiler.cudagraph_mark_step_begin()
+        return compiled(x)
+
+    return run
+
+
+def _bf16(run, device: str = "cpu"):
+    """``run`` under bf16 autocast on ``device`` (convs and linear layers in bf16), returning float32 logits."""
     import torch
 
     def wrapped(x):
-        with torch.autocast("cpu", torch.bfloat16):
+        with torch.autocast(device, torch.bfloat16):
             return run(x).float()
 
     return wrapped
 
 
-def _spikingjelly_model(args, compiled: bool, bf16: bool = False):
+def _spikingjelly_model(args, compiled: bool | str, bf16: bool = False):
     import torch
     from torch import nn
     from spikingjelly.activation_based import functional, layer, neuron, surrogate
@@ -161,8 +188,8 @@ def _spikingjelly_model(args, compiled: bool, bf16: bool = False):
 
     model = _peer_resnet18(lif, conv_bn, lambda c: layer.Linear(c, 10, step_mode="m"), _widths(args.width_div),
                            time_loop)
-    run = torch.compile(model) if compiled else model
-    return model, _bf16(run) if bf16 else run, lambda: functional.reset_net(model)
+    run = _compile(model, compiled) if compiled else model
+    return model, _bf16(run, args.device) if bf16 else run, lambda: functional.reset_net(model)
 
 
 def _snntorch_model(args):
@@ -224,7 +251,7 @@ def _conv_stack(args, bf16: bool = False):
             out = block[1](block[0](out))
         return (total + out.sum()).reshape(1, 1).expand(batch, 10)
 
-    return model, _bf16(run) if bf16 else run, None
+    return model, _bf16(run, args.device) if bf16 else run, None
 
 
 # ------------------------------------------------------------------------------------------------ one child
@@ -273,20 +300,26 @@ def _child(args) -> None:
     import torch
 
     torch.manual_seed(0)
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.backends.cudnn.benchmark = True
     name = args.child
     if name in SPIKEFORGE:
         model, run, reset = _spikeforge_model(SPIKEFORGE[name], args)
-    elif name in ("spikingjelly", "spikingjelly-compile", "spikingjelly-compile-bf16"):
-        model, run, reset = _spikingjelly_model(args, compiled="compile" in name, bf16=name.endswith("bf16"))
+    elif name in PEERS + PEER_VARIANTS and name.startswith("spikingjelly"):
+        compiled = "reduce-overhead" if "graphs" in name else "compile" in name
+        model, run, reset = _spikingjelly_model(args, compiled=compiled, bf16=name.endswith("bf16"))
     elif name == "snntorch":
         model, run, reset = _snntorch_model(args)
     elif name in (CONV_STACK, CONV_STACK_BF16):
         model, run, reset = _conv_stack(args, bf16=name == CONV_STACK_BF16)
     else:
         raise SystemExit(f"unknown framework {name!r}; choose from {', '.join(all_frameworks())}")
+    model.to(device)  # in place: the models' closures keep working on the moved modules
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    images = torch.rand(args.batch, 3, 32, 32)
-    labels = torch.randint(0, 10, (args.batch,))
+    images = torch.rand(args.batch, 3, 32, 32).to(device)
+    labels = torch.randint(0, 10, (args.batch,)).to(device)
     sampler = _PeakSampler()
     baseline = sampler.rss()
 
@@ -305,16 +338,28 @@ def _child(args) -> None:
             break
         sampler.peak = 0  # the peak of this step alone (compiling in a warm-up step is not training memory)
         sampler.arm(True)
+        if cuda:
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
         start = time.perf_counter()
         step()
+        if cuda:
+            torch.cuda.synchronize(device)  # the step's kernels have run, not only been queued
         elapsed = time.perf_counter() - start
         sampler.arm(False)
         if args.trim_heap:
             _trim_heap()
-        print(json.dumps({"command": command, "seconds": elapsed, "step_peak_rss": sampler.peak}), flush=True)
+        answer = {"command": command, "seconds": elapsed, "step_peak_rss": sampler.peak}
+        if cuda:
+            answer["step_peak_gpu"] = torch.cuda.max_memory_allocated(device)
+        print(json.dumps(answer), flush=True)
     sampler._stop = True
+    from torch._dynamo.utils import counters  # CUDA graphs that Inductor skipped (and why), for the log
+
+    skips = {k: v for k, v in counters["inductor"].items() if "cudagraph" in k}
     print(json.dumps({"done": name, "ru_maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-                      "step_peak_rss": sampler.peak, "baseline_rss": baseline}), flush=True)
+                      "step_peak_rss": sampler.peak, "baseline_rss": baseline, "cudagraph_counters": skips}),
+          flush=True)
 
 
 # ------------------------------------------------------------------------------------------------ the parent
@@ -330,40 +375,70 @@ def _is_bf16(name: str) -> bool:
 class _Child:
     def __init__(self, name: str, args):
         cmd = [sys.executable, "-m", "spikeforge.sw.bench_train", "--child", name, "--width-div", str(args.width_div),
-               "--batch", str(args.batch), "--time-steps", str(args.time_steps)] + (["--trim-heap"] if args.trim_heap else [])
+               "--batch", str(args.batch), "--time-steps", str(args.time_steps), "--device", args.device] + (["--trim-heap"] if args.trim_heap else [])
         env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), **(MALLOC_CACHE if args.malloc_cache else {}))
-        self.name, self.times, self.peaks, self.error = name, [], [], None
+        self.name, self.times, self.peaks, self.gpu_peaks, self.error = name, [], [], [], None
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      text=True, env=env)
         self.hello = self._read()
 
-    def _read(self) -> dict:
+    def _read(self, timeout: float | None = None) -> dict:
+        if timeout is not None and not select.select([self.proc.stdout], [], [], timeout)[0]:
+            raise RuntimeError(f"{self.name} did not answer within {timeout:.0f} s")
         line = self.proc.stdout.readline()
         if not line:
             self.error = self.proc.stderr.read().strip().splitlines()[-5:]
             raise RuntimeError(f"{self.name} died: {' | '.join(self.error)}")
         return json.loads(line)
 
-    def step(self, command: str) -> dict:
+    def send(self, command: str) -> None:
         self.proc.stdin.write(command + "\n")
         self.proc.stdin.flush()
+
+    def answer(self, command: str) -> dict:
         answer = self._read()
         if command == "time":
             self.times.append(answer["seconds"])
             self.peaks.append(answer["step_peak_rss"])
+            if "step_peak_gpu" in answer:
+                self.gpu_peaks.append(answer["step_peak_gpu"])
         return answer
 
-    def finish(self) -> dict:
-        self.proc.stdin.write("stop\n")
-        self.proc.stdin.flush()
-        result = self._read()
-        self.proc.wait()
+    def step(self, command: str) -> dict:
+        self.send(command)
+        return self.answer(command)
+
+    def finish(self, timeout: float = 60.0) -> dict:
+        """The child's last report ({} if it does not come within ``timeout``); the child is killed if it has not
+        exited by then (seen once on CUDA: a child that never exited after its last step)."""
+        try:
+            self.proc.stdin.write("stop\n")
+            self.proc.stdin.flush()
+            result = self._read(timeout)
+        except (RuntimeError, BrokenPipeError, json.JSONDecodeError) as exc:
+            print(f"{self.name}: no final report ({exc})", file=sys.stderr)
+            result = {}
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            print(f"{self.name}: did not exit; killed", file=sys.stderr)
+            self.proc.kill()
+            self.proc.wait()
         return result
 
 
 def _load() -> str:
     one, five, fifteen = os.getloadavg()
     return f"{one:.1f}/{five:.1f}/{fifteen:.1f}"
+
+
+def _device_line() -> str:
+    """The GPU and the torch build, for the report's header."""
+    import torch
+
+    return (f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}, CUDA {torch.version.cuda}, "
+            f"cuDNN {torch.backends.cudnn.version()}, cudnn.benchmark on, cudnn.allow_tf32 "
+            f"{torch.backends.cudnn.allow_tf32} (torch's default)")
 
 
 def run_benchmark(args) -> list[dict]:
@@ -377,22 +452,37 @@ def run_benchmark(args) -> list[dict]:
     load_before = _load()
     for phase, count in (("warm", args.warmup), ("time", args.steps)):
         for i in range(count):
+            together = phase == "warm" and args.device != "cpu"  # GPU: all children warm (compile) at once
+            if together:
+                for name, child in list(children.items()):
+                    try:
+                        child.send(phase)
+                    except BrokenPipeError as exc:
+                        print(f"{name}: failed ({exc})", file=sys.stderr)
+                        results.append({"name": name, "error": str(exc)})
+                        del children[name]
             for name, child in list(children.items()):
                 try:
-                    answer = child.step(phase)
-                    print(f"  {phase} {i + 1}/{count} {name}: {answer['seconds']:.2f} s (load {_load()})",
+                    answer = child.answer(phase) if together else child.step(phase)
+                    print(f"  {phase} {i + 1}/{count} {name}: {answer['seconds']:.4f} s (load {_load()})",
                           file=sys.stderr, flush=True)
                 except (RuntimeError, BrokenPipeError) as exc:
                     print(f"{name}: failed ({exc})", file=sys.stderr)
                     results.append({"name": name, "error": str(exc)})
                     del children[name]
     load_after = _load()
+    for name, child in children.items():  # the medians first: they survive a hang while the children exit
+        if child.times:
+            print(f"  median {name}: {statistics.median(child.times):.4f} s", file=sys.stderr, flush=True)
     for name, child in children.items():
-        done = child.finish()
+        done = child.finish(timeout=20.0)
+        if done.get("cudagraph_counters"):
+            print(f"  {name}: inductor cudagraph counters {done['cudagraph_counters']}", file=sys.stderr)
         seconds = statistics.median(child.times)
         results.append(dict(name=name, seconds=seconds, times=child.times, images_per_s=args.batch / seconds,
-                            ru_maxrss=done["ru_maxrss"], step_peak_rss=max(child.peaks),
-                            baseline_rss=done["baseline_rss"]))
+                            ru_maxrss=done.get("ru_maxrss", max(child.peaks)), step_peak_rss=max(child.peaks),
+                            baseline_rss=done.get("baseline_rss", child.hello.get("baseline_rss", 0)),
+                            **({"step_peak_gpu": max(child.gpu_peaks)} if child.gpu_peaks else {})))
     order = {n: i for i, n in enumerate(args.frameworks)}
     results.sort(key=lambda r: order[r["name"]])
     for r in results:
@@ -407,6 +497,8 @@ def _table(results: list[dict], args) -> str:
     leanest = min(peers, key=lambda r: r["ru_maxrss"], default=None)
     leanest_step = min(peers, key=lambda r: r["step_peak_rss"], default=None)
     conv = {n: next((r for r in ok if r["name"] == n), None) for n in (CONV_STACK, CONV_STACK_BF16)}
+    if ok and all("step_peak_gpu" in r for r in ok):
+        return _gpu_table(results, fastest, conv)
     lines = ["| framework | step (s, median) | images/s | vs fastest peer | peak RSS (ru_maxrss) | vs leanest peer "
              "| RSS peak in timed steps | vs leanest peer | conv share |",
              "|---|---|---|---|---|---|---|---|---|"]
@@ -425,6 +517,25 @@ def _table(results: list[dict], args) -> str:
     return "\n".join(lines)
 
 
+def _gpu_table(results: list[dict], fastest: dict | None, conv: dict) -> str:
+    """The CUDA table: peak memory is the GPU's (max_memory_allocated in the timed steps); host RSS for reference."""
+    peers = [r for r in results if "error" not in r and r["name"] in PEERS]
+    leanest = min(peers, key=lambda r: r["step_peak_gpu"], default=None)
+    lines = ["| framework | step (s, median) | images/s | vs fastest peer | peak GPU memory (timed steps) "
+             "| vs leanest peer | host peak RSS | conv share |", "|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        if "error" in r:
+            lines.append(f"| {r['name']} | failed: {r['error'][:120]} | | | | | | |")
+            continue
+        speed = f"{r['images_per_s'] / fastest['images_per_s']:.2f}x" if fastest else "-"
+        memory = f"{r['step_peak_gpu'] / leanest['step_peak_gpu']:.2f}x" if leanest else "-"
+        stack = conv[CONV_STACK_BF16 if _is_bf16(r["name"]) else CONV_STACK]
+        share = f"{stack['seconds'] / r['seconds']:.0%}" if stack and r is not stack else "-"
+        lines.append(f"| {r['name']} | {r['seconds']:.4f} | {r['images_per_s']:.1f} | {speed} | "
+                     f"{r['step_peak_gpu'] / 2**30:.2f} GiB | {memory} | {r['ru_maxrss'] / 2**30:.2f} GiB | {share} |")
+    return "\n".join(lines)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m spikeforge.sw.bench_train", description=__doc__.splitlines()[0])
     p.add_argument("--width-div", type=int, default=1, help="divide every width (64-128-256-512) by this (4: quick)")
@@ -434,6 +545,8 @@ def _parser() -> argparse.ArgumentParser:
                    help=f"comma-separated, in stepping order; known: {', '.join(all_frameworks())}")
     p.add_argument("--sltt", action="store_true", help="also run spikeforge with SLTT (no temporal gradient path)")
     p.add_argument("--conv-stack", action="store_true", help="also time the bare conv stack (the conv share column)")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                   help="where every child trains (cuda: cuDNN autotuning on, peak = GPU memory)")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--time-steps", type=int, default=10)
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="OMP_NUM_THREADS of every child")
@@ -469,7 +582,8 @@ def main(argv: list[str] | None = None) -> int:
     table = _table(results, args)
     header = (f"ResNet-18 (CIFAR stem, widths {'-'.join(map(str, _widths(args.width_div)))}), T={args.time_steps}, "
               f"batch {args.batch}, {args.warmup} warm-up + {args.steps} timed steps each, lockstep; "
-              f"{'malloc cache (MALLOC_CACHE) in every child; ' if args.malloc_cache else ''}load average (1/5/15 min) {results[0]['load'] if results else '?'}; "
+              f"{'malloc cache (MALLOC_CACHE) in every child; ' if args.malloc_cache else ''}"
+              f"{_device_line() + '; ' if args.device != 'cpu' else ''}load average (1/5/15 min) {results[0]['load'] if results else '?'}; "
               f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
     print(header)
     print(table)

@@ -199,6 +199,16 @@ def _bn_lif_backward_kernel(grad_spikes, y, fired, extra, gamma, beta, mean, var
                              window))
 
 
+def _widen(x: torch.Tensor | None) -> torch.Tensor | None:
+    """A bf16 / fp16 CUDA tensor as float32 for the compiled kernels (others unchanged). Triton 3.6 with torch 2.11
+    on an H200 failed to compile the kernels for bf16 inputs ("PassManager::run failed" in make_ttgir, 2026-12-04),
+    and they compute in float32 anyway (``neuron.membrane_dtype``): widening first costs one copy and gives the
+    same spikes and gradients. On the CPU the 16-bit kernels compile and run as they are."""
+    if x is not None and x.is_cuda and x.dtype in (torch.bfloat16, torch.float16):
+        return x.float()
+    return x
+
+
 _COMPILED: dict[str, object] = {}
 # Each kernel is specialized (one compilation each) on T (the loop is unrolled), the current's rank and layout (an
 # expanded first-layer current has stride 0 over T), the neuron's constants and the surrogate: a process that trains
@@ -246,9 +256,9 @@ class FusedLIFFunction(torch.autograd.Function):
         compute = _compute_dtype(current.dtype)
         if compiled:  # on the flat steps (see _rows), returned in the current's shape and layout
             channels_last = _steps_channels_last(current)
-            spikes, membranes = _compiled("forward")(_rows(current, channels_last).flatten(1), threshold,
+            spikes, membranes = _compiled("forward")(_rows(_widen(current), channels_last).flatten(1), threshold,
                                                      leak_shift, membrane_dtype or compute, compute)
-            spikes = _unrows(spikes, current.shape, channels_last)
+            spikes = _unrows(spikes.to(current.dtype), current.shape, channels_last)
             membranes = _unrows(membranes, current.shape, channels_last)
         else:
             spikes, membranes = lif_forward(current, threshold=threshold, leak_shift=leak_shift,
@@ -273,7 +283,7 @@ class FusedLIFFunction(torch.autograd.Function):
 
         if ctx.compiled and window != 1:
             channels_last = _steps_channels_last(membranes)
-            grad_current = _compiled("backward")(_rows(grad_spikes, channels_last).flatten(1),
+            grad_current = _compiled("backward")(_rows(_widen(grad_spikes), channels_last).flatten(1),
                                                  _rows(membranes, channels_last).flatten(1), surrogate, theta,
                                                  ctx.leak_shift, ctx.detach_reset, window, ctx.dtype)
             grad_current = _unrows(grad_current, membranes.shape, channels_last)
@@ -391,8 +401,9 @@ class BNLIFFunction(torch.autograd.Function):
     def forward(ctx, y, gamma, beta, extra, extra_binary, eps, scale, neuron):
         compute, channels_last = _compute_dtype(y.dtype), _steps_channels_last(y)
         extra = None if extra is None else _rows(extra, channels_last)
-        spikes, mean, var = _compiled("bn_forward")(_rows(y, channels_last), gamma, beta, extra, eps, scale,
-                                                    neuron.threshold, neuron.leak_shift, channels_last, compute)
+        spikes, mean, var = _compiled("bn_forward")(_rows(_widen(y), channels_last), gamma, beta, _widen(extra), eps,
+                                                    scale, neuron.threshold, neuron.leak_shift, channels_last, compute)
+        spikes = spikes.to(y.dtype)
         saved_extra = None if extra is None else (extra.to(torch.bool) if extra_binary else extra)
         ctx.save_for_backward(y, spikes.to(torch.bool), saved_extra, gamma, beta, mean, var)
         ctx.eps, ctx.scale, ctx.neuron, ctx.compute, ctx.channels_last = eps, scale, neuron, compute, channels_last
@@ -405,7 +416,8 @@ class BNLIFFunction(torch.autograd.Function):
         y, fired, extra, gamma, beta, mean, var = ctx.saved_tensors
         n, channels_last = ctx.neuron, ctx.channels_last
         grad_current = _compiled("bn_backward")(
-            _rows(grad_spikes, channels_last), _rows(y, channels_last), fired, extra, gamma, beta, mean, var,
+            _rows(_widen(grad_spikes), channels_last), _rows(_widen(y), channels_last), fired, _widen(extra), gamma,
+            beta, mean, var,
             ctx.eps, ctx.scale, n.surrogate, n.threshold, n.leak_shift, n.detach_reset, n.temporal_window,
             channels_last, ctx.compute)
         grad_current = _unrows(grad_current, y.shape, channels_last)

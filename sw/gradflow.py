@@ -144,7 +144,7 @@ def _neurons(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 def measure(model_factory: Callable[[], nn.Module], widths: Sequence[float], *, time_steps: int, batch: int,
             input_shape: Sequence[int], surrogate: str = "arctan", normalize: str = "area", data=None,
-            targets=None, classes: int | None = None, seed: int = 0) -> GradFlowTable:
+            targets=None, classes: int | None = None, seed: int = 0, device=None) -> GradFlowTable:
     """Gradient norms at initialization, for every surrogate width, on one model and one batch.
 
     ``model_factory()`` returns a spiking model (SpikingResNet, SpikingNet, ...) whose neurons have a
@@ -154,12 +154,15 @@ def measure(model_factory: Callable[[], nn.Module], widths: Sequence[float], *, 
     classes), and the same forward pass (the Heaviside forward does not depend on the width), in training mode
     (BN uses the batch statistics). Only each neuron's surrogate changes: ``surrogate`` kind with the width, unit
     area (``normalize="area"``, sw/neuron.py's convention) or unit peak (``"peak"``). Loss: cross-entropy.
+    ``device`` (default: the CPU) is where the model and the batch go; data and targets are drawn on the CPU first,
+    so a seed gives the same batch on every device.
     """
     widths = [float(w) for w in widths]
     if not widths or any(not (w > 0 and math.isfinite(w)) for w in widths):
         raise ValueError(f"widths must be positive numbers, not {widths!r}")
     torch.manual_seed(seed)
-    model = model_factory()
+    device = torch.device(device or "cpu")
+    model = model_factory().to(device)
     if hasattr(model, "time_steps"):
         model.time_steps = int(time_steps)
     model.train()
@@ -169,7 +172,7 @@ def measure(model_factory: Callable[[], nn.Module], widths: Sequence[float], *, 
     generator = torch.Generator().manual_seed(seed)
     if data is None:
         data = torch.rand(batch, *input_shape, generator=generator)
-    data = torch.as_tensor(data, dtype=torch.float32)
+    data = torch.as_tensor(data, dtype=torch.float32).to(device)
     order: list[str] = []
     currents: dict[str, torch.Tensor] = {}
     hooks = [m.register_forward_hook(lambda mod, inp, out, name=n: order.append(name)) for n, m in layers]
@@ -194,7 +197,7 @@ def measure(model_factory: Callable[[], nn.Module], widths: Sequence[float], *, 
             logits = model(data)
             if targets is None:
                 targets = torch.randint(0, classes or logits.shape[-1], (logits.shape[0],), generator=generator)
-            loss = nn.functional.cross_entropy(logits, torch.as_tensor(targets))
+            loss = nn.functional.cross_entropy(logits, torch.as_tensor(targets).to(logits.device))
             loss.backward()
             modules = dict(layers)
             seen = list(dict.fromkeys(order))  # execution order, each layer once
@@ -268,7 +271,13 @@ def main(argv=None) -> GradFlowTable:
     p.add_argument("--classes", type=int, default=10)
     p.add_argument("--png", default=None)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                   help="auto: CUDA when torch sees a GPU, else the CPU")
     args = p.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("spikeforge gradflow: --device cuda was asked for but torch sees no CUDA device; "
+                         "use --device cpu or auto")
+    device = "cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu"
     try:
         widths = [float(w) for w in args.widths.split(",")]
         shape = [int(n) for n in args.input.split(",")] if args.input else \
@@ -283,11 +292,11 @@ def main(argv=None) -> GradFlowTable:
                                    neuron=lif_neuron(args.surrogate, widths[0]))
 
     table = measure(factory, widths, time_steps=args.time_steps, batch=args.batch, input_shape=shape,
-                    surrogate=args.surrogate, normalize=args.normalize, seed=args.seed)
+                    surrogate=args.surrogate, normalize=args.normalize, seed=args.seed, device=device)
     layers = len(table.layer_norms(widths[0]))
     print(table.format(every=max(1, layers // 20)))
     print(f"best width (ratio closest to 1): {table.best_width():g}; {args.model}, {table.setup}, "
-          f"{table.seconds:.0f} s")
+          f"{table.seconds:.0f} s on {torch.cuda.get_device_name(0) if device == 'cuda' else 'the CPU'}")
     if args.png:
         plot(table, args.png, title=f"{args.model}: gradient flow at init, surrogate {table.surrogate}, "
                                     f"{table.setup}")

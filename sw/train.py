@@ -454,7 +454,8 @@ def _config_key(config: TrainConfig) -> dict:
             if k not in _RUN_ONLY and not (k in _ADDED and v == getattr(defaults, k))}
 
 
-def _choose_width(config: TrainConfig, x_train: np.ndarray, input_shape, classes: int, log) -> float:
+def _choose_width(config: TrainConfig, x_train: np.ndarray, input_shape, classes: int, log,
+                  device: torch.device | None = None) -> float:
     """--surrogate-width auto: the width of AUTO_WIDTHS whose gradient reaches the first layer at about the size it
     has at the last (sw.gradflow.auto_width), measured on the float model at initialization with 8 train images."""
     from .gradflow import auto_width
@@ -465,7 +466,7 @@ def _choose_width(config: TrainConfig, x_train: np.ndarray, input_shape, classes
     width = auto_width(lambda: build_model(config, False, input_shape, classes, surrogate_width=1.0, lif="fused"),
                        AUTO_WIDTHS,
                        time_steps=config.time_steps, batch=len(data), input_shape=input_shape,
-                       surrogate=config.surrogate, data=data, classes=classes, seed=config.seed)
+                       surrogate=config.surrogate, data=data, classes=classes, seed=config.seed, device=device)
     log(f"surrogate width auto: chose {width} of {list(AUTO_WIDTHS)} ({time.time() - t0:.1f} s of gradient flow "
         "measurement)")
     return float(width)
@@ -577,7 +578,7 @@ def _train(config: TrainConfig, dist: _Dist, malloc_cached: bool = False) -> dic
     if config.ann:
         surrogate_width = 0.5  # unused: the twin has no spiking neurons
     elif surrogate_width is None:
-        surrogate_width = _choose_width(config, x_train, input_shape, classes, log) \
+        surrogate_width = _choose_width(config, x_train, input_shape, classes, log, device) \
             if config.surrogate_width == "auto" else float(config.surrogate_width)
 
     amp_dtype = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[config.amp]

@@ -69,3 +69,15 @@ def test_main_prints_table_and_writes_png(tmp_path, capsys):
                   "--batch", "2", "--widths", "0.3,3", "--png", str(png)])
     assert png.stat().st_size > 1000 and table.widths == [0.3, 3.0]
     assert "best width" in capsys.readouterr().out
+
+
+def test_device_argument_gives_the_same_table(tables):
+    """device="cpu" (explicit) measures exactly what the default does: the batch is drawn on the CPU first."""
+    again = measure(tiny, WIDTHS, normalize="area", device="cpu", **SETUP)
+    assert again.ratios() == tables["area"].ratios()
+
+
+def test_cuda_without_a_gpu_is_one_clear_error(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit, match="--device cuda was asked for but torch sees no CUDA device"):
+        main(["--model", "resnet8", "--device", "cuda"])
