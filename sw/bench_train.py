@@ -498,48 +498,36 @@ def run_benchmark(args) -> list[dict]:
 
 
 def _table(results: list[dict], args) -> str:
+    """The report's markdown table. Memory columns: on the CPU the process's peak RSS (whole run and timed steps),
+    each with its ratio to the leanest peer; on CUDA the GPU's peak in the timed steps (with that ratio) and, for
+    reference, the host's peak RSS."""
     ok = [r for r in results if "error" not in r]
     peers = [r for r in ok if r["name"] in PEERS]
     fastest = max(peers, key=lambda r: r["images_per_s"], default=None)
-    leanest = min(peers, key=lambda r: r["ru_maxrss"], default=None)
-    leanest_step = min(peers, key=lambda r: r["step_peak_rss"], default=None)
     conv = {n: next((r for r in ok if r["name"] == n), None) for n in (CONV_STACK, CONV_STACK_BF16)}
-    if ok and all("step_peak_gpu" in r for r in ok):
-        return _gpu_table(results, fastest, conv)
-    lines = ["| framework | step (s, median) | images/s | vs fastest peer | peak RSS (ru_maxrss) | vs leanest peer "
-             "| RSS peak in timed steps | vs leanest peer | conv share |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    gpu = bool(ok) and all("step_peak_gpu" in r for r in ok)
+    # (header, result key, with a ratio to the leanest peer)
+    memory = [("peak GPU memory (timed steps)", "step_peak_gpu", True), ("host peak RSS", "ru_maxrss", False)] if gpu \
+        else [("peak RSS (ru_maxrss)", "ru_maxrss", True), ("RSS peak in timed steps", "step_peak_rss", True)]
+    leanest = {key: min(peers, key=lambda r: r[key], default=None) for _, key, _ in memory}
+    headers = ["framework", "step (s, median)", "images/s", "vs fastest peer"]
+    for title, _, ratio in memory:
+        headers += [title, "vs leanest peer"] if ratio else [title]
+    headers.append("conv share")
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     for r in results:
         if "error" in r:
-            lines.append(f"| {r['name']} | failed: {r['error'][:120]} | | | | | | | |")
+            lines.append(f"| {r['name']} | failed: {r['error'][:120]} |" + " |" * (len(headers) - 2))
             continue
-        speed = f"{r['images_per_s'] / fastest['images_per_s']:.2f}x" if fastest else "-"
-        memory = f"{r['ru_maxrss'] / leanest['ru_maxrss']:.2f}x" if leanest else "-"
-        step_memory = f"{r['step_peak_rss'] / leanest_step['step_peak_rss']:.2f}x" if leanest_step else "-"
+        cells = [r["name"], f"{r['seconds']:.{4 if gpu else 3}f}", f"{r['images_per_s']:.1f}",
+                 f"{r['images_per_s'] / fastest['images_per_s']:.2f}x" if fastest else "-"]
+        for _, key, ratio in memory:
+            cells.append(f"{r[key] / 2**30:.2f} GiB")
+            if ratio:
+                cells.append(f"{r[key] / leanest[key][key]:.2f}x" if leanest[key] else "-")
         stack = conv[CONV_STACK_BF16 if _is_bf16(r["name"]) else CONV_STACK]  # the ceiling at r's precision
-        share = f"{stack['seconds'] / r['seconds']:.0%}" if stack and r is not stack else "-"
-        lines.append(f"| {r['name']} | {r['seconds']:.3f} | {r['images_per_s']:.1f} | {speed} | "
-                     f"{r['ru_maxrss'] / 2**30:.2f} GiB | {memory} | {r['step_peak_rss'] / 2**30:.2f} GiB | "
-                     f"{step_memory} | {share} |")
-    return "\n".join(lines)
-
-
-def _gpu_table(results: list[dict], fastest: dict | None, conv: dict) -> str:
-    """The CUDA table: peak memory is the GPU's (max_memory_allocated in the timed steps); host RSS for reference."""
-    peers = [r for r in results if "error" not in r and r["name"] in PEERS]
-    leanest = min(peers, key=lambda r: r["step_peak_gpu"], default=None)
-    lines = ["| framework | step (s, median) | images/s | vs fastest peer | peak GPU memory (timed steps) "
-             "| vs leanest peer | host peak RSS | conv share |", "|---|---|---|---|---|---|---|---|"]
-    for r in results:
-        if "error" in r:
-            lines.append(f"| {r['name']} | failed: {r['error'][:120]} | | | | | | |")
-            continue
-        speed = f"{r['images_per_s'] / fastest['images_per_s']:.2f}x" if fastest else "-"
-        memory = f"{r['step_peak_gpu'] / leanest['step_peak_gpu']:.2f}x" if leanest else "-"
-        stack = conv[CONV_STACK_BF16 if _is_bf16(r["name"]) else CONV_STACK]
-        share = f"{stack['seconds'] / r['seconds']:.0%}" if stack and r is not stack else "-"
-        lines.append(f"| {r['name']} | {r['seconds']:.4f} | {r['images_per_s']:.1f} | {speed} | "
-                     f"{r['step_peak_gpu'] / 2**30:.2f} GiB | {memory} | {r['ru_maxrss'] / 2**30:.2f} GiB | {share} |")
+        cells.append(f"{stack['seconds'] / r['seconds']:.0%}" if stack and r is not stack else "-")
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
