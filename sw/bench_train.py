@@ -361,11 +361,11 @@ def _child(args) -> None:
             answer["step_peak_gpu"] = torch.cuda.max_memory_allocated(device)
         print(json.dumps(answer), flush=True)
     sampler._stop = True
-    from torch._dynamo.utils import counters  # CUDA graphs that Inductor skipped (and why), for the log
+    from torch._dynamo.utils import counters  # Inductor's CUDA-graph counters (recorded, skipped), for the log
 
-    skips = {k: v for k, v in counters["inductor"].items() if "cudagraph" in k}
+    graphs = {k: v for k, v in counters["inductor"].items() if "cudagraph" in k}
     print(json.dumps({"done": name, "ru_maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-                      "step_peak_rss": sampler.peak, "baseline_rss": baseline, "cudagraph_counters": skips}),
+                      "step_peak_rss": sampler.peak, "baseline_rss": baseline, "cudagraph_counters": graphs}),
           flush=True)
 
 
@@ -382,7 +382,8 @@ def _is_bf16(name: str) -> bool:
 class _Child:
     def __init__(self, name: str, args):
         cmd = [sys.executable, "-m", "spikeforge.sw.bench_train", "--child", name, "--width-div", str(args.width_div),
-               "--batch", str(args.batch), "--time-steps", str(args.time_steps), "--device", args.device] + (["--trim-heap"] if args.trim_heap else [])
+               "--batch", str(args.batch), "--time-steps", str(args.time_steps), "--device", args.device]
+        cmd += ["--trim-heap"] if args.trim_heap else []
         env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), **(MALLOC_CACHE if args.malloc_cache else {}))
         self.name, self.times, self.peaks, self.gpu_peaks, self.error = name, [], [], [], None
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -417,7 +418,7 @@ class _Child:
 
     def finish(self, timeout: float = 60.0) -> dict:
         """The child's last report ({} if it does not come within ``timeout``); the child is killed if it has not
-        exited by then (seen once on CUDA: a child that never exited after its last step)."""
+        exited by then (on CUDA a run once hung after its last timed step, while the children were finishing)."""
         try:
             self.proc.stdin.write("stop\n")
             self.proc.stdin.flush()
