@@ -227,7 +227,7 @@ def _conv_stack(args, bf16: bool = False):
     import torch
     from torch import nn
 
-    from .fused import onednn_weight_grad_hangs
+    from .fused import onednn_weight_grad_hangs, spike_input_convs
 
     widths = _widths(args.width_div)
     stem = nn.Conv2d(3, widths[0], 3, 1, 1, bias=False)
@@ -240,9 +240,9 @@ def _conv_stack(args, bf16: bool = False):
                                          *([down] if down is not None else [])]))
             c = w
     model = nn.ModuleList([stem, *blocks]).to(memory_format=torch.channels_last)
-    for block in blocks:  # as fused.SpikeConv2dFunction does: these shortcut convs stay NCHW on the CPU
+    for block in blocks:  # the shortcut convs that spikeforge runs in NCHW on the CPU (and hang oneDNN otherwise)
         if len(block) == 3 and onednn_weight_grad_hangs(block[2].in_channels, block[2].kernel_size, block[2].stride):
-            block[2].to(memory_format=torch.contiguous_format)
+            spike_input_convs(block[2])  # spikeforge's own conv for them: its backward uses NCHW's own strides
     batch, steps = args.batch, args.time_steps
 
     def run(images):
@@ -251,10 +251,8 @@ def _conv_stack(args, bf16: bool = False):
         out = (x > 0).float().contiguous(memory_format=torch.channels_last).requires_grad_(True)  # spikes
         total = 0.0
         for block in blocks:
-            if len(block) == 3:  # the shortcut's 1x1 conv reads the block input (NCHW where oneDNN would hang)
-                down = block[2]
-                nchw = onednn_weight_grad_hangs(down.in_channels, down.kernel_size, down.stride)
-                total = total + down(out.contiguous() if nchw else out).sum()
+            if len(block) == 3:  # the shortcut's 1x1 conv reads the block input
+                total = total + block[2](out).sum()
             out = block[1](block[0](out))
         return (total + out.sum()).reshape(1, 1).expand(batch, 10)
 

@@ -472,10 +472,22 @@ def bn_lif(bn: nn.Module, neuron: FusedLIF, y: torch.Tensor, extra: torch.Tensor
 
 def onednn_weight_grad_hangs(in_channels: int, kernel_size, stride) -> bool:
     """oneDNN in torch 2.13's CPU build (seen on AVX2 EPYCs) hangs, or corrupts the heap, computing the weight
-    gradient of a 1x1 stride-2 conv in channels_last with 3, 4 or 6 input channels (a narrow ResNet's downsample
-    shortcut); 1, 2, 5, 7, 8 and more run. True for the shapes to keep in NCHW (all below 8 input channels, to be
-    safe). Whole-model torch.compile avoids it by turning off Inductor's channels_last layout choice on CPU."""
+    gradient of a 1x1 stride-2 conv in channels_last with few input channels (a narrow ResNet's downsample
+    shortcut): 3, 4 or 6 at once, 1 and 2 after a few to a few tens of steps (2026-12-04). True for the shapes to keep
+    in NCHW (all below 8 input channels), where every operand must have NCHW's own strides (``_nchw``). Whole-model
+    torch.compile avoids it by turning off Inductor's channels_last layout choice on CPU."""
     return tuple(kernel_size) == (1, 1) and tuple(stride) != (1, 1) and in_channels < 8
+
+
+def _nchw(t: torch.Tensor) -> torch.Tensor:
+    """``t`` with NCHW's own (row-major) strides. ``.contiguous()`` is not enough for oneDNN's layout choice: a
+    tensor with a size-1 dimension (a 1x1 weight, a 1-channel input) counts as contiguous in both layouts and keeps
+    strides that oneDNN reads as channels_last, and an expanded output gradient has zero strides."""
+    stride, strides = 1, []
+    for size in reversed(t.shape):
+        strides.append(stride)
+        stride *= max(size, 1)
+    return t if t.stride() == tuple(reversed(strides)) else t.clone(memory_format=torch.contiguous_format)
 
 
 class SpikeConv2dFunction(torch.autograd.Function):
@@ -505,8 +517,8 @@ class SpikeConv2dFunction(torch.autograd.Function):
         x = packed.to(ctx.dtype)
         if ctx.channels_last and not onednn_weight_grad_hangs(x.shape[1], weight.shape[2:], ctx.stride):
             x = x.contiguous(memory_format=torch.channels_last)
-        else:  # NCHW (a channels_last x or grad_out can still send oneDNN into its channels_last kernel)
-            x, grad_out = x.contiguous(), grad_out.contiguous()
+        else:  # NCHW: any operand with channels_last-looking strides can still send oneDNN into that kernel
+            x, grad_out, weight = _nchw(x), _nchw(grad_out), _nchw(weight)
         grad_x, grad_w, _ = torch.ops.aten.convolution_backward(
             grad_out.to(ctx.dtype), x, weight.to(ctx.dtype), None, list(ctx.stride), list(ctx.padding), [1, 1],
             False, [0, 0], 1, [ctx.needs_input_grad[0], ctx.needs_input_grad[1], False])

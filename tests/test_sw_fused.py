@@ -467,3 +467,44 @@ def test_start_half_up_adds_half_a_unit_to_step_zero_only():
         grad = torch.randn(shifted.shape)
         shifted.backward(grad)
         assert torch.equal(current.grad, grad)
+
+
+def test_nchw_gives_row_major_strides_to_tensors_contiguous_in_both_layouts():
+    """oneDNN reads channels_last from strides that ``.contiguous()`` leaves alone: a channels_last model's 1x1
+    weight, a 1-channel input with a unit channel stride, an expanded (zero-stride) output gradient."""
+    from spikeforge.sw.fused import _nchw
+
+    weight = torch.nn.Conv2d(2, 4, 1, 2, bias=False).to(memory_format=torch.channels_last).weight.detach()
+    one_channel = torch.randn(10, 1, 32, 32).as_strided((10, 1, 32, 32), (1024, 1, 32, 1))
+    expanded = torch.ones(()).expand(10, 2, 16, 16)
+    assert weight.stride() == (2, 1, 2, 2) and weight.is_contiguous() and one_channel.is_contiguous()
+    for t, want in ((weight, (2, 1, 1, 1)), (one_channel, (1024, 1024, 32, 1)), (expanded, (512, 256, 16, 1))):
+        got = _nchw(t)
+        assert got.stride() == want and torch.equal(got, t)
+    plain = torch.randn(3, 4, 5, 6)
+    assert _nchw(plain) is plain
+
+
+def test_narrow_resnet_trains_without_the_intermittent_onednn_hang():
+    """ResNet-18 at widths 1-2-4-8 (the bench's --width-div 64, channels_last, spike-input convs): oneDNN's weight
+    gradient of the 2-channel 1x1 stride-2 shortcut hung after 5-16 steps (2026-12-04) while its channels_last
+    1x1 weight kept channels_last strides in the "NCHW" fallback. 60 steps in a child process must finish."""
+    import subprocess
+    import sys
+
+    code = ("import argparse, torch\n"
+            "torch.set_num_threads(2)\n"
+            "from spikeforge.sw import bench_train as b\n"
+            "args = argparse.Namespace(width_div=64, time_steps=10, device='cpu', batch=1)\n"
+            "model, run, _ = b._spikeforge_model(b.SPIKEFORGE['spikeforge-eager'], args)\n"
+            "opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)\n"
+            "x, y = torch.rand(1, 3, 32, 32), torch.tensor([3])\n"
+            "for _ in range(60):\n"
+            "    opt.zero_grad(); torch.nn.functional.cross_entropy(run(x), y).backward(); opt.step()\n"
+            "print('done')\n")
+    try:
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    except subprocess.TimeoutExpired:
+        pytest.fail("60 training steps of the width-1-2-4-8 ResNet-18 did not finish in 120 s (oneDNN hang)")
+    assert out.returncode == 0 and out.stdout.strip() == "done", out.stderr[-2000:]
+
