@@ -23,6 +23,7 @@ import select
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -384,16 +385,27 @@ class _Child:
         cmd += ["--trim-heap"] if args.trim_heap else []
         env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), **(MALLOC_CACHE if args.malloc_cache else {}))
         self.name, self.times, self.peaks, self.gpu_peaks, self.error = name, [], [], [], None
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     text=True, env=env)
+        self._start(cmd, env)
         self.hello = self._read()
+
+    def _start(self, cmd: list[str], env: dict | None = None) -> None:
+        # stderr to a file, not a pipe: nobody reads a pipe until the child dies, so a child that warns more than
+        # the pipe holds (64 KiB: compile warnings, per-step warnings) would block forever in its next write
+        self._stderr = tempfile.TemporaryFile("w+")
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr,
+                                     text=True, env=env)
 
     def _read(self, timeout: float | None = None) -> dict:
         if timeout is not None and not select.select([self.proc.stdout], [], [], timeout)[0]:
             raise RuntimeError(f"{self.name} did not answer within {timeout:.0f} s")
         line = self.proc.stdout.readline()
         if not line:
-            self.error = self.proc.stderr.read().strip().splitlines()[-5:]
+            try:
+                self.proc.wait(10)  # its last words are all in the file once it has exited
+            except subprocess.TimeoutExpired:
+                pass
+            self._stderr.seek(0)
+            self.error = self._stderr.read().strip().splitlines()[-5:]
             raise RuntimeError(f"{self.name} died: {' | '.join(self.error)}")
         return json.loads(line)
 

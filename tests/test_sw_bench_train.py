@@ -57,6 +57,22 @@ def test_a_child_that_never_answers_is_killed():
     assert child.proc.returncode is not None and time.monotonic() - start < 10
 
 
+def test_a_child_that_warns_a_lot_is_not_blocked_and_a_dead_one_says_why():
+    """A child's stderr goes to a file: 200 KiB of warnings (more than a pipe holds) before its first answer
+    must not block it, and a child that dies has its last stderr lines in the error."""
+    chatty = object.__new__(bench_train._Child)
+    chatty.name = "chatty"
+    chatty._start([sys.executable, "-c", "import sys, json\nsys.stderr.write('warning: x' * 20000 + '\\n')\n"
+                   "sys.stderr.flush()\nprint(json.dumps({'ready': 'chatty'}), flush=True)\nsys.stdin.readline()"])
+    assert chatty._read(timeout=30) == {"ready": "chatty"}
+    chatty.finish(timeout=5)
+    dead = object.__new__(bench_train._Child)
+    dead.name = "dead"
+    dead._start([sys.executable, "-c", "import sys; sys.exit('out of memory in layer 3')"])
+    with pytest.raises(RuntimeError, match="dead died: out of memory in layer 3"):
+        dead._read(timeout=30)
+
+
 def test_every_framework_is_known_and_unknown_ones_are_refused(capsys):
     names = bench_train.all_frameworks()
     assert len(names) == len(set(names))
