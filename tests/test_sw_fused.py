@@ -508,3 +508,23 @@ def test_narrow_resnet_trains_without_the_intermittent_onednn_hang():
         pytest.fail("60 training steps of the width-1-2-4-8 ResNet-18 did not finish in 120 s (oneDNN hang)")
     assert out.returncode == 0 and out.stdout.strip() == "done", out.stderr[-2000:]
 
+
+def test_compiled_kernels_get_their_own_recompile_limit_and_restore_the_global_one():
+    """Each T is a new specialization of a compiled kernel; with fullgraph=True, running past dynamo's limit is an
+    error. The kernels raise the limit around each call only: the user's own setting (here 1) is back afterwards."""
+    from spikeforge.sw.fused import RECOMPILE_LIMIT, _compiled, lif_forward
+
+    config = torch._dynamo.config
+    saved = config.recompile_limit
+    config.recompile_limit = 1
+    try:
+        for steps in (13, 14):  # T values no other test uses: two new specializations past a limit of 1
+            current = torch.randn(steps, 6, generator=torch.Generator().manual_seed(steps))
+            with torch.no_grad():
+                spikes, membranes = _compiled("forward")(current, 1.0, 1, torch.float32, torch.float32)
+            want_spikes, want_membranes = lif_forward(current, threshold=1.0, leak_shift=1)
+            assert torch.equal(spikes, want_spikes) and torch.equal(membranes, want_membranes)
+            assert config.recompile_limit == 1
+    finally:
+        config.recompile_limit = saved
+    assert RECOMPILE_LIMIT > 8
