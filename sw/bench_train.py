@@ -101,7 +101,7 @@ def _spikeforge_model(cfg: dict, args):
 
     run = model
     if cfg.get("compile"):
-        run = _compile(model, cfg["compile"])
+        run = _compile(model, cfg["compile"], args.device)
     if cfg.get("bf16"):
         run = _bf16(run, args.device)
     return model, (lambda images: run(inputs(images))), None
@@ -142,11 +142,23 @@ def _peer_resnet18(lif, conv_bn, linear, widths, time_loop):
     return Net()
 
 
-def _compile(model, mode):
+def _compile(model, mode, device: str):
     """torch.compile(model); ``mode`` True (Inductor's default) or a mode name. "reduce-overhead" (CUDA graphs)
-    marks the start of every training step, so a graph's outputs of the last step may be overwritten."""
-    import torch
+    marks the start of every training step, so a graph's outputs of the last step may be overwritten.
 
+    On the CPU, a network with a conv that hangs oneDNN's channels_last weight gradient (a downsample from fewer than
+    8 channels: ``--width-div 16`` and up) compiles with Inductor's channels_last layout choice off, for every
+    framework alike (SpikingJelly + torch.compile hung there at --width-div 64, 2026-12-04), as ``spikeforge train
+    --compile true`` always does on the CPU."""
+    import torch
+    from torch import nn
+
+    from .fused import onednn_weight_grad_hangs
+
+    if device == "cpu" and any(isinstance(m, nn.Conv2d) and onednn_weight_grad_hangs(m.in_channels, m.kernel_size,
+                                                                                     m.stride)
+                               for m in model.modules()):
+        return torch.compile(model, options={"layout_optimization": False})  # (no CUDA graphs on the CPU anyway)
     if mode is True:
         return torch.compile(model)
     compiled = torch.compile(model, mode=mode)
@@ -189,7 +201,7 @@ def _spikingjelly_model(args, compiled: bool | str, bf16: bool = False):
 
     model = _peer_resnet18(lif, conv_bn, lambda c: layer.Linear(c, 10, step_mode="m"), _widths(args.width_div),
                            time_loop)
-    run = _compile(model, compiled) if compiled else model
+    run = _compile(model, compiled, args.device) if compiled else model
     return model, _bf16(run, args.device) if bf16 else run, lambda: functional.reset_net(model)
 
 

@@ -101,3 +101,19 @@ def test_widen_leaves_cpu_tensors_alone(dtype):
     """The compiled kernels get 16-bit inputs widened only on CUDA (a Triton failure seen there); CPU unchanged."""
     x = torch.zeros(3, dtype=dtype)
     assert _widen(x) is x and _widen(None) is None
+
+
+@pytest.mark.parametrize("width_div, device, layout_choice", [(64, "cpu", False), (4, "cpu", True),
+                                                              (64, "cuda", True)])
+def test_compiled_frameworks_avoid_the_onednn_hang_at_narrow_widths(monkeypatch, width_div, device, layout_choice):
+    """A CPU network with a downsample from fewer than 8 channels compiles with Inductor's channels_last choice
+    off (SpikingJelly + torch.compile hung in oneDNN's 1x1 weight gradient at --width-div 64), the others as they
+    are; the same rule for every compiled framework."""
+    from torch import nn
+
+    calls = []
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: calls.append(kw) or model)
+    widths = bench_train._widths(width_div)
+    model = nn.Sequential(nn.Conv2d(3, widths[0], 3, 1, 1), nn.Conv2d(widths[0], widths[1], 1, 2))
+    bench_train._compile(model, True, device)
+    assert calls == [{"options": {"layout_optimization": False}} if not layout_choice else {}]
