@@ -404,36 +404,45 @@ def test_a_channels_last_run_saves_an_nchw_checkpoint_that_exports(fake_cifar, t
     assert summary["malloc_cache"] and narrow["malloc_cache"] and auto["malloc_cache"]  # auto / default on the CPU
 
 
-def _mmapped_bytes() -> int:
-    """glibc's mallinfo2().hblkhd: the bytes the C heap holds in mmap'd blocks."""
-    import ctypes
+_MALLOC_CHECK = """
+import ctypes, torch
+from spikeforge.sw import train
 
-    class MallInfo2(ctypes.Structure):
-        _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
-                                                         "fsmblks", "uordblks", "fordblks", "keepcost")]
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                     "fsmblks", "uordblks", "fordblks", "keepcost")]
 
-    mallinfo2 = ctypes.CDLL("libc.so.6").mallinfo2
-    mallinfo2.restype = MallInfo2
-    return mallinfo2().hblkhd
+mallinfo2 = ctypes.CDLL("libc.so.6").mallinfo2
+mallinfo2.restype = MallInfo2
+
+def mmapped_while_held():  # glibc's mallinfo2().hblkhd: the bytes the C heap holds in mmap'd blocks
+    x = torch.empty(64 * 2 ** 20, dtype=torch.uint8)
+    held = mallinfo2().hblkhd
+    del x
+    return held
+
+seen = [mmapped_while_held()]
+with train.malloc_cache(True) as cached:
+    seen += [cached, mmapped_while_held()]
+seen.append(mmapped_while_held())
+with train.malloc_cache(False) as cached:
+    seen += [cached, mmapped_while_held()]
+print(seen)
+"""
 
 
 def test_malloc_cache_serves_large_tensors_from_the_heap_and_restores_the_default():
     """train's malloc cache: a 64 MiB tensor (above glibc's largest mmap threshold) comes from the heap while it is
-    on, from a fresh mmap before and after it, and a bad value is a config error."""
+    on, from a fresh mmap before and after it, and a bad value is a config error. In a fresh process: in this one,
+    earlier tests' training runs can leave a free 64 MiB chunk in the heap that serves the tensor by default too."""
+    import ast
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", _MALLOC_CHECK], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    before, cached, during, after, not_cached, while_off = ast.literal_eval(out.stdout.strip().splitlines()[-1])
     big = 64 * 2 ** 20
-
-    def mmapped_while_held() -> int:
-        x = torch.empty(big, dtype=torch.uint8)
-        held = _mmapped_bytes()
-        del x
-        return held
-
-    assert mmapped_while_held() >= big
-    with train_module.malloc_cache(True) as cached:
-        assert cached
-        assert mmapped_while_held() < big
-    assert mmapped_while_held() >= big
-    with train_module.malloc_cache(False) as cached:
-        assert not cached and mmapped_while_held() >= big
+    assert before >= big and cached and during < big and after >= big and not not_cached and while_off >= big
     with pytest.raises(train_module.ConfigError, match="malloc_cache must be 'auto', 'true' or 'false'"):
         TrainConfig(malloc_cache="yes").validate()
