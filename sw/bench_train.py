@@ -151,13 +151,10 @@ def _compile(model, mode, device: str):
     framework alike (SpikingJelly + torch.compile hung there at --width-div 64, 2026-12-04), as ``spikeforge train
     --compile true`` always does on the CPU."""
     import torch
-    from torch import nn
 
-    from .fused import onednn_weight_grad_hangs
+    from .fused import onednn_hang_conv
 
-    if device == "cpu" and any(isinstance(m, nn.Conv2d) and onednn_weight_grad_hangs(m.in_channels, m.kernel_size,
-                                                                                     m.stride)
-                               for m in model.modules()):
+    if device == "cpu" and onednn_hang_conv(model) is not None:
         return torch.compile(model, options={"layout_optimization": False})  # (no CUDA graphs on the CPU anyway)
     if mode is True:
         return torch.compile(model)

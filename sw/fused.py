@@ -13,7 +13,8 @@ from torch import nn
 from .neuron import LIF, Surrogate, membrane_dtype as _compute_dtype
 
 __all__ = ["lif_forward", "FusedLIFFunction", "FusedLIF", "fused_lif_neuron", "SpikeConv2dFunction",
-           "spike_input_convs", "onednn_weight_grad_hangs", "BNLIFFunction", "can_fuse_bn", "bn_lif"]
+           "spike_input_convs", "onednn_weight_grad_hangs", "onednn_hang_conv", "BNLIFFunction", "can_fuse_bn",
+           "bn_lif"]
 
 
 def _check_window(temporal_window: int | None) -> int | None:
@@ -484,6 +485,12 @@ def onednn_weight_grad_hangs(in_channels: int, kernel_size, stride) -> bool:
     in NCHW (all below 8 input channels), where every operand must have NCHW's own strides (``_nchw``). Whole-model
     torch.compile avoids it by turning off Inductor's channels_last layout choice on CPU."""
     return tuple(kernel_size) == (1, 1) and tuple(stride) != (1, 1) and in_channels < 8
+
+
+def onednn_hang_conv(model: nn.Module) -> str | None:
+    """The name of ``model``'s first conv with the shape of :func:`onednn_weight_grad_hangs`, or None."""
+    return next((name for name, m in model.named_modules() if isinstance(m, nn.Conv2d)
+                 and onednn_weight_grad_hangs(m.in_channels, m.kernel_size, m.stride)), None)
 
 
 def _nchw(t: torch.Tensor) -> torch.Tensor:

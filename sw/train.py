@@ -422,12 +422,11 @@ def _memory_format(config: TrainConfig, model: nn.Module, device: torch.device, 
     train float epochs ~1.4x faster, docs/training.md; start_phase keeps a ResNet's QAT phase NCHW), unless a conv
     of the model hits the oneDNN weight-gradient hang (fused.onednn_weight_grad_hangs: a 1x1 stride-2 conv from
     fewer than 8 channels, e.g. a narrow ResNet's downsample), which then keeps the whole model in NCHW."""
-    from .fused import onednn_weight_grad_hangs
+    from .fused import onednn_hang_conv
 
     want = device.type == "cpu" if config.channels_last == "auto" else config.channels_last == "true"
     if want and device.type == "cpu":
-        hang = next((name for name, m in model.named_modules() if isinstance(m, nn.Conv2d)
-                     and onednn_weight_grad_hangs(m.in_channels, m.kernel_size, m.stride)), None)
+        hang = onednn_hang_conv(model)
         if hang is not None:
             log(f"channels_last off: conv {hang} (1x1, stride 2, {model.get_submodule(hang).in_channels} input "
                 "channels) would hang oneDNN's weight gradient in that layout; training in NCHW")

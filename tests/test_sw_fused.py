@@ -387,9 +387,11 @@ def test_whole_model_torch_compile():
 def test_spike_conv_weight_grad_avoids_the_onednn_hang():
     """A channels_last 1x1 stride-2 spike conv from 4 channels (a narrow ResNet's downsample) computes its weight
     gradient in NCHW (oneDNN hangs on it in channels_last) and matches the plain conv's gradients."""
-    from spikeforge.sw.fused import SpikeConv2dFunction, onednn_weight_grad_hangs
+    from spikeforge.sw.fused import SpikeConv2dFunction, onednn_hang_conv, onednn_weight_grad_hangs
     assert onednn_weight_grad_hangs(4, (1, 1), (2, 2)) and not onednn_weight_grad_hangs(4, (3, 3), (2, 2))
     assert not onednn_weight_grad_hangs(16, (1, 1), (2, 2)) and not onednn_weight_grad_hangs(4, (1, 1), (1, 1))
+    narrow = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Conv2d(4, 4, 3, 2), torch.nn.Conv2d(4, 8, 1, 2))
+    assert onednn_hang_conv(narrow) == "2" and onednn_hang_conv(torch.nn.Conv2d(16, 32, 1, 2)) is None
     g = torch.Generator().manual_seed(2)
     x = (torch.rand(64, 4, 28, 28, generator=g) < 0.3).float().contiguous(memory_format=torch.channels_last)
     weight = torch.randn(8, 4, 1, 1, generator=g)
