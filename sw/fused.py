@@ -315,6 +315,12 @@ class FusedLIFFunction(torch.autograd.Function):
         return grad_current.to(ctx.current_dtype), None, None, None, None, None, None, None
 
 
+# FusedLIF._traced runs a current whose steps are channels_last as [T, B, H, W, C] memory. Without it (False: the
+# benchmark's "-nchwloop" ablation), Inductor laid out the whole-model graph of the CPU benchmark so that the step
+# took 1.274 s instead of 1.097 s (ResNet-18 widths / 4, 2026-12-04).
+TRACE_STEPS_LAST = True
+
+
 class FusedLIF(LIF):
     """:class:`~spikeforge.sw.neuron.LIF` with a fused forward/backward over all T steps (same arguments, same
     ``forward(current[T, B, ...]) -> spikes[T, B, ...]``, same spikes and exact BPTT gradients).
@@ -361,15 +367,27 @@ class FusedLIF(LIF):
     def _traced(self, current: torch.Tensor) -> torch.Tensor:
         """What torch.compile of a whole model traces instead of the hand-written node: LIF's step loop (Inductor
         fuses it and picks what to save for backward), with the membrane detached at each ``temporal_window``
-        boundary (the same truncation as FusedLIFFunction's backward; ``membrane_dtype`` does not apply)."""
-        membrane = torch.zeros_like(current[0], dtype=_compute_dtype(current.dtype))
+        boundary (the same truncation as FusedLIFFunction's backward; ``membrane_dtype`` does not apply).
+
+        As in the node, a 16-bit CUDA current is widened to float32 first (:func:`_widen`), and here the spikes
+        stay float32 (the node casts them back; 0 and 1 are exact either way, and a conv under autocast casts them
+        to bf16 itself): the bf16 graph of the whole ResNet-18 failed to compile in Triton 3.6 on an H200
+        (``PassManager::run failed`` in TritonGPURemoveLayoutConversions, "operand does not dominate this use", in
+        the first stage's fused LIF kernel), and with float32 in and out it compiled and trained (2026-12-04).
+        Channels_last steps run as plain [T, B, H, W, C] memory and go out in the node's layout
+        (:func:`_empty_steps`)."""
+        current = _widen(current)
+        steps_last = TRACE_STEPS_LAST and _steps_channels_last(current)
+        flat = current.permute(0, 1, 3, 4, 2) if steps_last else current
+        membrane = torch.zeros_like(flat[0], dtype=_compute_dtype(flat.dtype))
         spikes = []
-        for t in range(current.shape[0]):
+        for t in range(flat.shape[0]):
             if self.temporal_window is not None and t > 0 and t % self.temporal_window == 0:
                 membrane = membrane.detach()
-            fired, membrane = self.single_step(membrane, current[t])
+            fired, membrane = self.single_step(membrane, flat[t])
             spikes.append(fired)
-        return torch.stack(spikes).to(current.dtype)
+        out = torch.stack(spikes).to(flat.dtype)
+        return out.permute(0, 1, 4, 2, 3) if steps_last else out
 
 
 def fused_lif_neuron(surrogate: str | Surrogate = "arctan", width: float = 0.5, *, leak_shift: int | None = None,

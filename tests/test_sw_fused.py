@@ -365,6 +365,39 @@ def test_traced_path_matches_fused_node(window, monkeypatch):
     torch.testing.assert_close(grad, want_grad, rtol=1e-9, atol=1e-12)
 
 
+def test_traced_path_keeps_channels_last_steps(monkeypatch):
+    """A current whose steps are channels_last goes through the traced loop as [T, B, H, W, C] memory and comes
+    out in the hand-written node's layout: same spikes, same gradients, same strides."""
+    current = _current(shape=(4, 2, 6, 3, 5)).permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
+    weights = torch.randn(current.shape, generator=torch.Generator().manual_seed(6), dtype=current.dtype)
+    neuron = FusedLIF("arctan", leak_shift=1, compiled=True)
+    want_spikes, want_grad = _grads(neuron, current, weights)
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    spikes = neuron(current)
+    assert spikes.stride() == want_spikes.stride() and spikes[0].is_contiguous(memory_format=torch.channels_last)
+    got_spikes, got_grad = _grads(neuron, current, weights)
+    assert 0.05 < want_spikes.mean() < 0.6 and torch.equal(got_spikes, want_spikes)
+    torch.testing.assert_close(got_grad, want_grad, rtol=1e-9, atol=1e-12)
+
+
+def test_traced_path_widens_like_the_node(monkeypatch):
+    """The traced loop widens a 16-bit current exactly where the node does (``_widen``: CUDA only; here made to
+    widen on the CPU) and keeps the spikes float32 (the form that compiled on the H200), with the node's values and
+    a bf16 gradient; unwidened, bf16 spikes."""
+    from spikeforge.sw import fused
+    current = _current(torch.bfloat16, shape=(5, 2, 3, 4, 4))
+    neuron = FusedLIF("arctan", leak_shift=1, compiled=False)
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    assert neuron(current).dtype == torch.bfloat16
+    monkeypatch.setattr(fused, "_widen", lambda x: None if x is None else x.float())
+    x = current.clone().requires_grad_(True)
+    spikes = neuron(x)
+    spikes.sum().backward()
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: False)
+    assert spikes.dtype == torch.float32 and x.grad.dtype == torch.bfloat16
+    assert torch.equal(spikes, neuron(current.clone().requires_grad_(True)))
+
+
 @pytest.mark.slow
 def test_whole_model_torch_compile():
     """torch.compile of a whole spiking ResNet (fused neurons, bool-saved spike convs) trains like the eager model."""
