@@ -15,11 +15,13 @@ from spikeforge.sw import bench_train
 from spikeforge.sw.fused import _widen
 
 
-def _result(name, seconds, rss_gib, gpu_gib=None):
+def _result(name, seconds, rss_gib, gpu_gib=None, reserved_gib=None):
     r = dict(name=name, seconds=seconds, images_per_s=32 / seconds, ru_maxrss=rss_gib * 2**30,
              step_peak_rss=rss_gib * 2**30, baseline_rss=0)
     if gpu_gib is not None:
         r["step_peak_gpu"] = gpu_gib * 2**30
+    if reserved_gib is not None:
+        r["step_peak_gpu_reserved"] = reserved_gib * 2**30
     return r
 
 
@@ -45,6 +47,18 @@ def test_gpu_table_reports_gpu_memory():
     assert "peak GPU memory (timed steps)" in table and "ru_maxrss" not in table
     row = _row(table, "spikeforge-graphs")
     assert row[3] == "2.00x" and row[4] == "1.50 GiB" and row[5] == "0.50x" and row[7] == "50% |"
+
+
+def test_gpu_table_compares_the_memory_held_when_every_row_has_it():
+    """A CUDA-graph replay allocates nothing (its pool was reserved when the graph was recorded): the memory ratio
+    uses what each process holds (reserved), the allocated peak stays as a column without a ratio."""
+    args = bench_train._parser().parse_args(["--device", "cuda"])
+    results = [_result("spikeforge-graphs", 0.01, 2.0, gpu_gib=0.1, reserved_gib=1.2),
+               _result("spikingjelly-compile", 0.02, 1.5, 2.4, 3.0), _result("snntorch", 0.2, 1.5, 2.0, 2.4)]
+    table = bench_train._table(results, args)
+    assert "GPU memory held (timed steps)" in table and "peak GPU memory (timed steps)" not in table
+    row = _row(table, "spikeforge-graphs")
+    assert row[4] == "1.20 GiB" and row[5] == "0.50x" and row[6] == "0.10 GiB" and row[7] == "2.00 GiB"
 
 
 def test_a_child_that_never_answers_is_killed():
@@ -117,3 +131,16 @@ def test_compiled_frameworks_avoid_the_onednn_hang_at_narrow_widths(monkeypatch,
     model = nn.Sequential(nn.Conv2d(3, widths[0], 3, 1, 1), nn.Conv2d(widths[0], widths[1], 1, 2))
     bench_train._compile(model, True, device)
     assert calls == [{"options": {"layout_optimization": False}} if not layout_choice else {}]
+
+
+def test_the_nchwloop_ablation_switches_the_traced_loop_layout(monkeypatch):
+    """``-nchwloop`` rows run the traced LIF loop on the current's own strides; every other row as [T, B, H, W, C]."""
+    import types
+
+    from spikeforge.sw import fused
+    monkeypatch.setattr(fused, "TRACE_STEPS_LAST", True)
+    args = types.SimpleNamespace(width_div=64, time_steps=2, device="cpu", batch=1)
+    bench_train._spikeforge_model(bench_train.SPIKEFORGE["spikeforge-compile-nchwloop"], args)
+    assert fused.TRACE_STEPS_LAST is False
+    bench_train._spikeforge_model(bench_train.SPIKEFORGE["spikeforge-graphs-bf16"], args)
+    assert fused.TRACE_STEPS_LAST is True
