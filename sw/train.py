@@ -92,7 +92,7 @@ class TrainConfig:
     momentum: float = 0.9                 # sgd
     nesterov: bool = True                 # sgd
     amp: str = "off"                      # off | bf16 | fp16 (torch.autocast; fp16 needs CUDA)
-    compile: bool = False                 # torch.compile the training model
+    compile: bool | str = False           # torch.compile the training model: False | True | "graphs" (CUDA graphs)
     deterministic: bool = False           # torch.use_deterministic_algorithms (warn-only) and no cuDNN autotuning
     grad_checkpoint: bool = False         # recompute every block's forward in backward (deep nets, long T)
     temporal_window: int | None = None    # truncated BPTT every k steps (1 = SLTT; needs a fused lif); None = exact
@@ -131,6 +131,11 @@ class TrainConfig:
             raise ConfigError(f"malloc_cache must be 'auto', 'true' or 'false', not {self.malloc_cache!r}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"device must be 'auto', 'cpu' or 'cuda', not {self.device!r}")
+        if self.compile not in (False, True, "graphs"):
+            raise ConfigError(f"compile must be true, false or 'graphs', not {self.compile!r}")
+        if self.compile == "graphs" and self.device == "cpu":
+            raise ConfigError("compile 'graphs' (CUDA graphs) needs a CUDA device, not device 'cpu'; "
+                              "use compile true on the CPU")
         if isinstance(self.surrogate_width, str) and self.surrogate_width != "auto":
             try:
                 self.surrogate_width = float(self.surrogate_width)
@@ -484,6 +489,9 @@ def train(config: TrainConfig) -> dict:
     _set_threads(config)
     dist = _setup_distributed(config)
     try:
+        if config.compile == "graphs" and (dist.device.type != "cuda" or dist.world > 1):
+            raise ConfigError(f"compile 'graphs' (CUDA graphs) runs on one CUDA device, not on {dist.device.type} "
+                              f"with {dist.world} process(es); use compile true")
         with malloc_cache(config.malloc_cache == "true" or (config.malloc_cache == "auto" and
                                                             dist.device.type == "cpu")) as cached:
             if config.malloc_cache == "true" and not cached:
@@ -632,7 +640,9 @@ def _train(config: TrainConfig, dist: _Dist, malloc_cached: bool = False) -> dic
                     nn.SyncBatchNorm.convert_sync_batchnorm(model)
                 runner = nn.parallel.DistributedDataParallel(
                     model, device_ids=[device.index] if device.type == "cuda" else None)
-            if config.compile:  # static shapes: at most 2 per phase (last batch)
+            if config.compile == "graphs":  # CUDA graphs: each step's kernels replayed without Python
+                runner = torch.compile(runner, dynamic=False, mode="reduce-overhead")
+            elif config.compile:  # static shapes: at most 2 per phase (last batch)
                 # on CPU Inductor's own channels_last choice runs into a oneDNN hang (fused.onednn_weight_grad_hangs)
                 options = {"layout_optimization": False} if device.type == "cpu" else None
                 runner = torch.compile(runner, dynamic=False, options=options)
@@ -708,6 +718,8 @@ def _train(config: TrainConfig, dist: _Dist, malloc_cached: bool = False) -> dic
             # the result does not depend on the number of ranks
             x = _train_batch(config, x_train[idx], gen)[dist.rank::dist.world].to(device, non_blocking=True)
             y = torch.as_tensor(y_train[idx])[dist.rank::dist.world].to(device, non_blocking=True)
+            if config.compile == "graphs":  # a new step: the graphs may reuse the last step's output memory
+                torch.compiler.cudagraph_mark_step_begin()
             with autocast():
                 logits = train_model(x)
                 # sum / global batch * ranks: DDP's gradient average then is the global batch's mean
@@ -884,7 +896,8 @@ _HELP = {
     "nesterov": "sgd Nesterov momentum (true/false)",
     "amp": "mixed precision of the float phase: off | bf16 | fp16 (fp16 on CUDA only, with a gradient scaler); "
            "QAT runs in float32",
-    "compile": "torch.compile the training model (true/false)",
+    "compile": "torch.compile the training model: true | false | graphs (CUDA graphs, mode reduce-overhead: one "
+               "CUDA device)",
     "deterministic": "torch.use_deterministic_algorithms (warn only) and no cuDNN autotuning (true/false)",
     "grad_checkpoint": "recompute each block's forward during backward: less memory for deep nets and long T",
     "temporal_window": "truncated BPTT every k steps (fused LIF, sw/fused.py), 1 = SLTT; none = exact BPTT",
@@ -907,6 +920,10 @@ def _parse_bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, not {text!r}")
 
 
+def _parse_compile(text: str) -> bool | str:
+    return "graphs" if text.lower() == "graphs" else _parse_bool(text)
+
+
 def _width(text: str) -> float | str:
     return "auto" if text == "auto" else float(text)
 
@@ -919,7 +936,7 @@ def main(argv=None) -> dict:
     p.add_argument("--preset", default="default", choices=sorted(PRESETS),
                    help="starting config: " + ", ".join(sorted(PRESETS)) + " (default: default)")
     convs = {"int": int, "float": float, "str": str, "int | None": _opt(int), "str | None": _opt(str),
-             "bool": _parse_bool, "float | str": _width}
+             "bool": _parse_bool, "float | str": _width, "bool | str": _parse_compile}
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
         names = [flag] + [f"--{a.replace('_', '-')}" for a, t in _ALIASES.items() if t == f.name]

@@ -275,6 +275,26 @@ def test_config_errors_are_one_sentence(fake_cifar, tmp_path):
         train(_resnet_config(fake_cifar / "c10", tmp_path / "y", amp="fp16", device="cpu"))
 
 
+def test_compile_graphs_parses_and_is_refused_where_cuda_graphs_cannot_run(fake_cifar, tmp_path, monkeypatch):
+    """--compile takes true, false or graphs (CUDA graphs: one CUDA device); anything else, or graphs on the CPU,
+    is one clear error."""
+    seen = []
+    monkeypatch.setattr(train_module, "train", seen.append)
+    for text, value in (("graphs", "graphs"), ("true", True), ("off", False)):
+        train_module.main(["--compile", text])
+        assert seen[-1].compile == value
+    with pytest.raises(SystemExit):
+        train_module.main(["--compile", "fast"])
+    monkeypatch.undo()
+    with pytest.raises(train_module.ConfigError, match="compile must be true, false or 'graphs'"):
+        TrainConfig(compile="fast").validate()
+    with pytest.raises(train_module.ConfigError, match="needs a CUDA device, not device 'cpu'"):
+        TrainConfig(compile="graphs", device="cpu").validate()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # device auto: the CPU
+    with pytest.raises(train_module.ConfigError, match="runs on one CUDA device, not on cpu with 1 process"):
+        train(_resnet_config(fake_cifar / "c10", tmp_path / "g", compile="graphs"))
+
+
 def test_command_line_has_help_for_every_flag(capsys):
     with pytest.raises(SystemExit):
         train_module.main(["--help"])
