@@ -921,7 +921,12 @@ def _parse_bool(text: str) -> bool:
 
 
 def _parse_compile(text: str) -> bool | str:
-    return "graphs" if text.lower() == "graphs" else _parse_bool(text)
+    if text.lower() == "graphs":
+        return "graphs"
+    try:
+        return _parse_bool(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected true, false or graphs, not {text!r}") from None
 
 
 def _width(text: str) -> float | str:

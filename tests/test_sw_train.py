@@ -275,7 +275,8 @@ def test_config_errors_are_one_sentence(fake_cifar, tmp_path):
         train(_resnet_config(fake_cifar / "c10", tmp_path / "y", amp="fp16", device="cpu"))
 
 
-def test_compile_graphs_parses_and_is_refused_where_cuda_graphs_cannot_run(fake_cifar, tmp_path, monkeypatch):
+def test_compile_graphs_parses_and_is_refused_where_cuda_graphs_cannot_run(fake_cifar, tmp_path, monkeypatch,
+                                                                           capsys):
     """--compile takes true, false or graphs (CUDA graphs: one CUDA device); anything else, or graphs on the CPU,
     is one clear error."""
     seen = []
@@ -285,6 +286,7 @@ def test_compile_graphs_parses_and_is_refused_where_cuda_graphs_cannot_run(fake_
         assert seen[-1].compile == value
     with pytest.raises(SystemExit):
         train_module.main(["--compile", "fast"])
+    assert "expected true, false or graphs, not 'fast'" in capsys.readouterr().err
     monkeypatch.undo()
     with pytest.raises(train_module.ConfigError, match="compile must be true, false or 'graphs'"):
         TrainConfig(compile="fast").validate()
