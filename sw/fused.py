@@ -316,8 +316,8 @@ class FusedLIFFunction(torch.autograd.Function):
 
 
 # FusedLIF._traced runs a current whose steps are channels_last as [T, B, H, W, C] memory. Without it (False: the
-# benchmark's "-nchwloop" ablation), Inductor laid out the whole-model graph of the CPU benchmark so that the step
-# took 1.274 s instead of 1.097 s (ResNet-18 widths / 4, 2026-12-04).
+# benchmark's "-nchwloop" ablation), the whole-model compile of the CPU benchmark took 1.249 s per step instead of
+# 1.176 s (ResNet-18 widths / 4, in lockstep, 2026-12-04).
 TRACE_STEPS_LAST = True
 
 
