@@ -33,7 +33,7 @@ LEAK_SHIFT = 1  # leak V * 2^-1 per step: SpikingJelly's tau = 2 (decay_input=Fa
 ALPHA = 2.0  # arctan surrogate: SpikingJelly / snnTorch alpha 2 is spikeforge's width 0.5
 
 # spikeforge configurations: which optimizations are on (the ablation the report lists)
-_BEST = dict(fused=True, kernels=True, channels_last=True, stem_once=True, bool_convs=True)
+_BEST = dict(fused=True, kernels=True, channels_last=True, stem_once=True, bool_convs=True, events=True)
 SPIKEFORGE = {
     "spikeforge-autograd": dict(fused=False, kernels=False, channels_last=False, stem_once=False, bool_convs=False),
     "spikeforge-fused": dict(fused=True, kernels=False, channels_last=False, stem_once=False, bool_convs=False),
@@ -43,6 +43,9 @@ SPIKEFORGE = {
     "spikeforge-eager": dict(_BEST, kernels=False),
     "spikeforge-nofuse": dict(_BEST, fuse_bn=False),
     "spikeforge": _BEST,
+    # without the event-driven forward and weight gradient of the hidden convs (sw/event_conv.py; CPU float32
+    # convs of >= 64 output channels; `spikeforge` has them since 2026-12-04, as `spikeforge train` does)
+    "spikeforge-noevents": dict(_BEST, events=False),
     "spikeforge-sltt": dict(_BEST, sltt=True),
     "spikeforge-bf16mem": dict(_BEST, membrane_bf16=True),
     "spikeforge-compile": dict(_BEST, compile=True),
@@ -95,7 +98,7 @@ def _spikeforge_model(cfg: dict, args):
     model = SpikingResNet(BasicBlock, [2, 2, 2, 2], widths=_widths(args.width_div), num_classes=10,
                           time_steps=args.time_steps, neuron=factory("arctan", 1 / ALPHA, leak_shift=LEAK_SHIFT, **kw))
     if cfg["bool_convs"]:
-        spike_input_convs(model)
+        spike_input_convs(model, events=cfg.get("events", False) and args.device == "cpu")
     fmt = torch.channels_last if cfg["channels_last"] else torch.contiguous_format
     model = model.to(memory_format=fmt)
 

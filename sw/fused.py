@@ -568,14 +568,37 @@ class _SpikeInputConv2d(nn.Conv2d):
         return SpikeConv2dFunction.apply(x, self.weight, self.stride, self.padding)
 
 
-def spike_input_convs(model: nn.Module, *, skip: tuple[str, ...] = ("stem",)) -> nn.Module:
+class _EventInputConv2d(_SpikeInputConv2d):
+    """A :class:`_SpikeInputConv2d` whose training forward and weight gradient are event-driven where the kernels
+    apply (sw/event_conv.py); elsewhere it is the bool-saving conv."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from . import event_conv
+
+        if self.bias is None and self.groups == 1 and self.dilation == (1, 1) and self.padding_mode == "zeros" \
+                and torch.is_grad_enabled() and not isinstance(self.padding, str) \
+                and not torch.compiler.is_compiling() and event_conv.applies(x, self.weight, self.stride, self.padding):
+            return event_conv.EventConv2dFunction.apply(x, self.weight, self.stride, self.padding)
+        return super().forward(x)
+
+
+def spike_input_convs(model: nn.Module, *, skip: tuple[str, ...] = ("stem",), events: bool = False) -> nn.Module:
     """Make every plain ``nn.Conv2d`` of a spiking model (all but the modules named in ``skip``, whose input is the
-    graded image) save its input as bool for backward; parameters, state dict and results are unchanged.
+    graded image) save its input as bool for backward; parameters, state dict and results are unchanged. With
+    ``events=True`` (CPU training, channels_last, float32) their forward and weight gradient are also event-driven
+    (sw/event_conv.py: cost ~ spikes, not neurons; results equal up to float summation order); the kernels are
+    built here, and :class:`~spikeforge.sw.event_conv.EventConvUnavailable` says why when they cannot be.
 
     Only valid where each such conv's input is spikes (0/1): true of every hidden conv of
     :class:`~spikeforge.sw.resnet.SpikingResNet`. Returns ``model``.
     """
+    if events:
+        from .event_conv import _extension
+
+        _extension()
+    cls = _EventInputConv2d if events else _SpikeInputConv2d
     for name, module in model.named_modules():
-        if type(module) is nn.Conv2d and not any(name == s or name.startswith(s + ".") for s in skip):
-            module.__class__ = _SpikeInputConv2d
+        if type(module) in (nn.Conv2d, _SpikeInputConv2d, _EventInputConv2d) \
+                and not any(name == s or name.startswith(s + ".") for s in skip):
+            module.__class__ = cls
     return model

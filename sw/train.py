@@ -103,6 +103,7 @@ class TrainConfig:
     augment_flip: bool = False            # MNIST-style: random horizontal flip in training (clothes, not digits)
     channels_last: str = "auto"           # conv memory layout: auto (channels_last on CPU) | true | false
     malloc_cache: str = "auto"            # keep freed tensors in glibc's heap: auto (on the CPU) | true | false
+    event_convs: str = "auto"             # event-driven hidden convs (sw/event_conv.py): auto | true | false
 
     @classmethod
     def preset(cls, name: str, **overrides) -> "TrainConfig":
@@ -129,6 +130,8 @@ class TrainConfig:
             raise ConfigError(f"channels_last must be 'auto', 'true' or 'false', not {self.channels_last!r}")
         if self.malloc_cache not in ("auto", "true", "false"):
             raise ConfigError(f"malloc_cache must be 'auto', 'true' or 'false', not {self.malloc_cache!r}")
+        if self.event_convs not in ("auto", "true", "false"):
+            raise ConfigError(f"event_convs must be 'auto', 'true' or 'false', not {self.event_convs!r}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"device must be 'auto', 'cpu' or 'cuda', not {self.device!r}")
         if self.compile not in (False, True, "graphs"):
@@ -163,7 +166,8 @@ class TrainConfig:
 
 # Run-independent fields: changing them does not make an out dir's saved state stale.
 _RUN_ONLY = {"out", "progress", "threads", "eval_batch", "test_subset", "calibration_images", "max_acc_bits",
-             "checkpoint_every", "device", "deployed_images", "compile", "lif", "channels_last", "malloc_cache"}
+             "checkpoint_every", "device", "deployed_images", "compile", "lif", "channels_last", "malloc_cache",
+             "event_convs"}
 # Fields added after out dirs already existed: left out of the config key while at their default, so those resume.
 _ADDED = ("width", "stem", "bn", "wbits", "ann", "image_size", "crop_padding", "label_smoothing", "momentum",
           "nesterov", "amp", "deterministic", "grad_checkpoint", "temporal_window", "augment_flip")
@@ -439,17 +443,47 @@ def _memory_format(config: TrainConfig, model: nn.Module, device: torch.device, 
     return torch.channels_last if want else torch.contiguous_format
 
 
-def _for_training(model: nn.Module, config: TrainConfig, memory_format: torch.memory_format) -> nn.Module:
+def _for_training(model: nn.Module, config: TrainConfig, memory_format: torch.memory_format,
+                  device: torch.device | None = None, log=None) -> int:
     """The trainer's conv set-up of a built model: weights in ``memory_format`` (oneDNN's and cuDNN's convs follow
     the weights' layout) and, in a spiking ResNet, every hidden plain conv saving its spike input as bool for the
-    weight gradient (fused.spike_input_convs: exact, a quarter of the bytes). Same parameters and results up to
-    the convs' float summation order. Returns ``model``."""
+    weight gradient (fused.spike_input_convs: exact, a quarter of the bytes), event-driven where that pays
+    (:func:`_event_convs`). Same parameters and results up to the convs' float summation order. Returns the number
+    of event-driven convs."""
     model.to(memory_format=memory_format)
-    if config.is_resnet and not config.ann:
-        from .fused import spike_input_convs
+    if not (config.is_resnet and not config.ann):
+        return 0
+    from .fused import spike_input_convs
 
-        spike_input_convs(model)
-    return model
+    events = _event_convs(config, model, device or torch.device("cpu"), memory_format, log or (lambda _line: None))
+    spike_input_convs(model, events=events > 0)
+    return events
+
+
+def _event_convs(config: TrainConfig, model: nn.Module, device: torch.device, memory_format: torch.memory_format,
+                 log) -> int:
+    """How many hidden convs of a spiking ResNet train event-driven (sw/event_conv.py): those with at least
+    event_conv.MIN_CHANNELS output channels (a multiple of 8), when training runs on the CPU in float32,
+    channels_last and eagerly. The kernels are built on first use; if they cannot be, 'auto' logs why and trains
+    with the dense convs, 'true' stops with that sentence."""
+    from . import event_conv
+
+    if config.event_convs == "false":
+        return 0
+    eligible = [m for name, m in model.named_modules() if type(m) is nn.Conv2d and name != "stem.conv"
+                and m.out_channels >= event_conv.MIN_CHANNELS and m.out_channels % 8 == 0 and m.groups == 1]
+    if not eligible or device.type != "cpu" or memory_format != torch.channels_last or config.amp != "off" \
+            or config.compile:
+        return 0
+    try:
+        event_conv._extension()
+    except event_conv.EventConvUnavailable as error:
+        if config.event_convs == "true":
+            raise ConfigError(f"--event-convs true: {error}") from error
+        log(f"event-driven convs off: {error}")
+        return 0
+    log(f"event-driven convs: {len(eligible)} hidden convs with >= {event_conv.MIN_CHANNELS} output channels")
+    return len(eligible)
 
 
 def _config_key(config: TrainConfig) -> dict:
@@ -609,6 +643,7 @@ def _train(config: TrainConfig, dist: _Dist, malloc_cached: bool = False) -> dic
     phase = None
     memory_format = None  # decided on the first model (both phases' models have the same convs)
     layouts = {}  # phase -> the layout it trained in
+    event_phases = {}  # phase -> how many of its convs were event-driven
 
     def start_phase(new_phase: str):
         nonlocal model, opt, sched, phase, runner, memory_format
@@ -621,7 +656,7 @@ def _train(config: TrainConfig, dist: _Dist, malloc_cached: bool = False) -> dic
         if new_phase == "qat" and config.is_resnet and config.channels_last == "auto":
             fmt = torch.contiguous_format  # measured: a ResNet's deploy-aware QAT epoch is ~10% slower in NHWC
         layouts[new_phase] = str(fmt).split(".")[-1]
-        _for_training(model, config, fmt)  # before the optimizer creates its state in that layout
+        event_phases[new_phase] = _for_training(model, config, fmt, device, log)  # before the optimizer's state
         if config.grad_checkpoint:
             _enable_grad_checkpointing(model)
         opt = _optimizer(config, model, config.lr if new_phase == "float" else config.lr_qat)
@@ -780,7 +815,7 @@ def _train(config: TrainConfig, dist: _Dist, malloc_cached: bool = False) -> dic
         "world_size": dist.world, "float_accuracy": float_acc, "qat_accuracy": qat_acc,
         "qat_unrounded_accuracy": qat_unrounded_acc, "deploy_aware_qat": deploy_aware,
         "deployed_accuracy": None, "rounding_cost": None, "memory_format": layouts,
-        "malloc_cache": malloc_cached,
+        "event_convs": event_phases, "malloc_cache": malloc_cached,
         "history": history, "config": asdict(config)}
     if not dist.main:
         return summary
@@ -907,6 +942,10 @@ _HELP = {
     "lif": "LIF implementation: compiled (fused T-step kernels, torch.compile) | fused (no compile) | autograd",
     "channels_last": "conv memory layout: auto (channels_last on the CPU, where float epochs train 1.4x faster; a "
                      "ResNet's QAT phase stays NCHW) | true | false (NCHW)",
+    "event_convs": "event-driven forward and weight gradient for a spiking ResNet's hidden convs with >= 64 output "
+                   "channels (sw/event_conv.py; CPU, float32, channels_last, no --compile; its C++ kernels are "
+                   "built once, needing g++ and ninja): auto (where they apply; off with a log line if they cannot "
+                   "be built) | true (stop if they cannot be built) | false",
     "malloc_cache": "keep freed tensors in glibc's heap instead of unmapping them (no page faults on each step's "
                     "large tensors; faster, ~15-40%% more peak memory): auto (on the CPU) | true | false",
 }
