@@ -5,9 +5,8 @@ import torch
 import torch.nn.functional as F
 
 from spikeforge.sw import event_conv
-from spikeforge.sw.fused import _EventInputConv2d, _SpikeInputConv2d, spike_input_convs
+from spikeforge.sw.fused import _EventInputConv2d, _SpikeInputConv2d, fused_lif_neuron, spike_input_convs
 from spikeforge.sw.resnet import BasicBlock, SpikingResNet
-from spikeforge.sw.fused import fused_lif_neuron
 
 
 def spikes(shape, density, generator):
