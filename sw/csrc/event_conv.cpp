@@ -52,12 +52,9 @@ std::vector<at::Tensor> events(const at::Tensor& x) {
   return {offsets, channels};
 }
 
-// V accumulators of 8 floats: output channels [c0, c0 + 8 V) of output pixel p
-template <int V>
-inline void forward_chunk(const Geometry& g, int64_t p, int64_t c0, const int64_t* off, const int16_t* ch,
-                          const float* wt, float* out) {
-  __m256 acc[V];
-  for (int v = 0; v < V; ++v) acc[v] = _mm256_setzero_ps();
+// Calls f(tap, q) for every input pixel q inside output pixel p's window (tap = ky * K + kx; padding skipped).
+template <typename F>
+inline void for_each_window_input(const Geometry& g, int64_t p, F&& f) {
   const int64_t n = p / (g.Ho * g.Wo), r = p % (g.Ho * g.Wo), oy = r / g.Wo, ox = r % g.Wo;
   for (int64_t ky = 0; ky < g.K; ++ky) {
     const int64_t iy = oy * g.stride - g.pad + ky;
@@ -65,14 +62,24 @@ inline void forward_chunk(const Geometry& g, int64_t p, int64_t c0, const int64_
     for (int64_t kx = 0; kx < g.K; ++kx) {
       const int64_t ix = ox * g.stride - g.pad + kx;
       if (ix < 0 || ix >= g.W) continue;
-      const int64_t q = (n * g.H + iy) * g.W + ix;
-      const float* wk = wt + (ky * g.K + kx) * g.Cin * g.Cout + c0;
-      for (int64_t j = off[q]; j < off[q + 1]; ++j) {
-        const float* row = wk + static_cast<int64_t>(ch[j]) * g.Cout;
-        for (int v = 0; v < V; ++v) acc[v] = _mm256_add_ps(acc[v], _mm256_loadu_ps(row + 8 * v));
-      }
+      f(ky * g.K + kx, (n * g.H + iy) * g.W + ix);
     }
   }
+}
+
+// V accumulators of 8 floats: output channels [c0, c0 + 8 V) of output pixel p
+template <int V>
+inline void forward_chunk(const Geometry& g, int64_t p, int64_t c0, const int64_t* off, const int16_t* ch,
+                          const float* wt, float* out) {
+  __m256 acc[V];
+  for (int v = 0; v < V; ++v) acc[v] = _mm256_setzero_ps();
+  for_each_window_input(g, p, [&](int64_t tap, int64_t q) {
+    const float* wk = wt + tap * g.Cin * g.Cout + c0;
+    for (int64_t j = off[q]; j < off[q + 1]; ++j) {
+      const float* row = wk + static_cast<int64_t>(ch[j]) * g.Cout;
+      for (int v = 0; v < V; ++v) acc[v] = _mm256_add_ps(acc[v], _mm256_loadu_ps(row + 8 * v));
+    }
+  });
   float* o = out + p * g.Cout + c0;
   for (int v = 0; v < V; ++v) _mm256_storeu_ps(o + 8 * v, acc[v]);
 }
@@ -83,21 +90,13 @@ inline void weight_grad_chunk(const Geometry& g, int64_t p, int64_t c0, const in
   __m256 gv[V];
   const float* gr = grad + p * g.Cout + c0;
   for (int v = 0; v < V; ++v) gv[v] = _mm256_loadu_ps(gr + 8 * v);
-  const int64_t n = p / (g.Ho * g.Wo), r = p % (g.Ho * g.Wo), oy = r / g.Wo, ox = r % g.Wo;
-  for (int64_t ky = 0; ky < g.K; ++ky) {
-    const int64_t iy = oy * g.stride - g.pad + ky;
-    if (iy < 0 || iy >= g.H) continue;
-    for (int64_t kx = 0; kx < g.K; ++kx) {
-      const int64_t ix = ox * g.stride - g.pad + kx;
-      if (ix < 0 || ix >= g.W) continue;
-      const int64_t q = (n * g.H + iy) * g.W + ix;
-      float* dk = dw + (ky * g.K + kx) * g.Cin * g.Cout + c0;
-      for (int64_t j = off[q]; j < off[q + 1]; ++j) {
-        float* d = dk + static_cast<int64_t>(ch[j]) * g.Cout;
-        for (int v = 0; v < V; ++v) _mm256_storeu_ps(d + 8 * v, _mm256_add_ps(_mm256_loadu_ps(d + 8 * v), gv[v]));
-      }
+  for_each_window_input(g, p, [&](int64_t tap, int64_t q) {
+    float* dk = dw + tap * g.Cin * g.Cout + c0;
+    for (int64_t j = off[q]; j < off[q + 1]; ++j) {
+      float* d = dk + static_cast<int64_t>(ch[j]) * g.Cout;
+      for (int v = 0; v < V; ++v) _mm256_storeu_ps(d + 8 * v, _mm256_add_ps(_mm256_loadu_ps(d + 8 * v), gv[v]));
     }
-  }
+  });
 }
 
 template <template <int> class F, typename... A>
