@@ -1,5 +1,5 @@
-"""Event-driven spike convolutions for training on the CPU (opt-in: ``spike_input_convs(model, events=True)``,
-``spikeforge train --event-convs true``).
+"""Event-driven spike convolutions for training on the CPU (``spike_input_convs(model, events=True)``; used by
+``spikeforge train`` by default, ``--event-convs auto``, in a spiking ResNet's float phase).
 
 A hidden conv of a spiking network sees 0/1 inputs. Its forward pass and its weight gradient then only need the
 active inputs: the forward sums the weight rows of the spikes under each output's window (no multiplies), the
@@ -9,8 +9,8 @@ such form (the output gradient is dense) and stays oneDNN's. The kernels (csrc/e
 on first use with torch.utils.cpp_extension (a C++ compiler and ninja are needed; the build is cached).
 
 Results equal ``F.conv2d`` and its gradients up to float rounding (sums in another order). Where the kernels do not
-apply (not CPU, not float32, autocast, fewer than 8 or a non-multiple of 8 output channels, NCHW input, unequal
-strides or paddings), the conv runs as :class:`~spikeforge.sw.fused.SpikeConv2dFunction` does. Measured speed:
+apply (not CPU, not float32, autocast, fewer than MIN_CHANNELS (64) or a non-multiple of 8 output channels,
+NCHW input, unequal strides or paddings), the conv runs as :class:`~spikeforge.sw.fused.SpikeConv2dFunction` does. Measured speed:
 docs/benchmarks.md ("Event-driven convolutions")."""
 
 from __future__ import annotations
