@@ -10,8 +10,9 @@ on first use with torch.utils.cpp_extension (a C++ compiler and ninja are needed
 
 Results equal ``F.conv2d`` and its gradients up to float rounding (sums in another order). Where the kernels do not
 apply (not CPU, not float32, autocast, fewer than MIN_CHANNELS (64) or a non-multiple of 8 output channels,
-NCHW input, unequal strides or paddings), the conv runs as :class:`~spikeforge.sw.fused.SpikeConv2dFunction` does. Measured speed:
-docs/benchmarks.md ("Event-driven convolutions")."""
+NCHW input, unequal strides or paddings, kernels over 8 x 8), the conv runs as
+:class:`~spikeforge.sw.fused.SpikeConv2dFunction` does. Measured speed: docs/benchmarks.md ("Event-driven
+convolutions")."""
 
 from __future__ import annotations
 
@@ -60,14 +61,14 @@ MIN_CHANNELS = 64
 
 def applies(x: torch.Tensor, weight: torch.Tensor, stride, padding, min_channels: int | None = None) -> bool:
     """Whether :class:`EventConv2dFunction` computes this conv (else the caller falls back): CPU float32 without
-    autocast, channels_last input, equal strides and paddings, a square kernel, and a multiple of 8 output channels,
-    at least ``min_channels`` (default :data:`MIN_CHANNELS`)."""
+    autocast, channels_last input, equal strides and paddings, a square kernel of at most 8 x 8, and a multiple of 8
+    output channels, at least ``min_channels`` (default :data:`MIN_CHANNELS`)."""
     least = MIN_CHANNELS if min_channels is None else min_channels
     return (x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32
             and not torch.is_autocast_enabled("cpu") and x.dim() == 4 and weight.shape[0] % 8 == 0
             and weight.shape[0] >= least
             and x.is_contiguous(memory_format=torch.channels_last) and len(set(stride)) == 1
-            and len(set(padding)) == 1 and weight.shape[2] == weight.shape[3])
+            and len(set(padding)) == 1 and weight.shape[2] == weight.shape[3] <= 8)
 
 
 class EventConv2dFunction(torch.autograd.Function):
@@ -80,8 +81,8 @@ class EventConv2dFunction(torch.autograd.Function):
         ext = _extension()
         nhwc = x.detach().permute(0, 2, 3, 1)  # the channels_last memory, as a contiguous [N, H, W, C]
         offsets, channels = ext.events(nhwc)
-        weight_rows = weight.detach().permute(2, 3, 1, 0).contiguous()  # [K, K, Cin, Cout]
-        out = ext.forward(offsets, channels, list(nhwc.shape), weight_rows, stride[0], padding[0])
+        out = ext.forward(offsets, channels, list(nhwc.shape), _packed(weight.detach()), weight.shape[0], stride[0],
+                          padding[0])
         ctx.save_for_backward(offsets, channels, weight)
         ctx.in_shape, ctx.stride, ctx.padding = tuple(x.shape), stride, padding
         return out.permute(0, 3, 1, 2)  # [N, Cout, Ho, Wo], channels_last
@@ -98,9 +99,28 @@ class EventConv2dFunction(torch.autograd.Function):
                 [True, False, False])[0]
         if ctx.needs_input_grad[1]:
             n, c, h, w = ctx.in_shape
-            rows = _extension().weight_grad(offsets, channels, [n, h, w, c], grad.permute(0, 2, 3, 1),
-                                            weight.shape[2], ctx.stride[0], ctx.padding[0])
+            packed = _extension().weight_grad(offsets, channels, [n, h, w, c], grad.permute(0, 2, 3, 1),
+                                              weight.shape[2], ctx.stride[0], ctx.padding[0])
             layout = torch.channels_last if weight.is_contiguous(memory_format=torch.channels_last) \
                 else torch.contiguous_format
-            grad_w = rows.permute(3, 2, 0, 1).contiguous(memory_format=layout)
+            grad_w = _unpacked(packed, weight.shape).contiguous(memory_format=layout)
         return grad_x, grad_w, None, None
+
+
+_BLOCK = 64  # channels per block and chunk in csrc/event_conv.cpp
+
+
+def _packed(weight: torch.Tensor) -> torch.Tensor:
+    """[Cout, Cin, K, K] -> the kernels' [nc, K, K, Cin, 64] (output channels in chunks of 64, the last zero-padded)."""
+    cout, cin, k, _ = weight.shape
+    chunks = -(-cout // _BLOCK)
+    padded = torch.nn.functional.pad(weight, (0, 0, 0, 0, 0, 0, 0, chunks * _BLOCK - cout))
+    return padded.view(chunks, _BLOCK, cin, k, k).permute(0, 3, 4, 2, 1).contiguous()
+
+
+def _unpacked(packed: torch.Tensor, shape) -> torch.Tensor:
+    """The kernels' weight gradient [nb, nc, K, K, 64, 64] -> a [Cout, Cin, K, K] view."""
+    cout, cin, k, _ = shape
+    blocks, chunks = packed.shape[:2]
+    rows = packed.permute(1, 5, 0, 4, 2, 3).reshape(chunks * _BLOCK, blocks * _BLOCK, k, k)
+    return rows[:cout, :cin]

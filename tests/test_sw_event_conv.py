@@ -29,12 +29,16 @@ def close(actual, expected, what):
     assert err <= 2e-6 * scale, f"{what}: max error {err} vs scale {scale}"
 
 
-def test_event_lists_are_the_active_channels():
+@pytest.mark.parametrize("c", [5, 37, 150])
+def test_event_lists_are_the_active_channels(c):
+    """CSR over (pixel, 64-channel block); c = 150 has two full blocks and a tail that is not a multiple of 8."""
     g = torch.Generator().manual_seed(1)
-    x = spikes((3, 37, 5, 7), 0.3, g)
+    x = spikes((3, c, 5, 7), 0.3, g)
     offsets, channels = event_conv._extension().events(x.permute(0, 2, 3, 1))
-    nhwc = x.permute(0, 2, 3, 1).reshape(-1, 37)
-    counts = (nhwc != 0).sum(1)
+    nhwc = x.permute(0, 2, 3, 1).reshape(-1, c)
+    blocks = -(-c // 64)
+    padded = torch.nn.functional.pad(nhwc, (0, blocks * 64 - c))
+    counts = (padded.view(-1, blocks, 64) != 0).sum(2).flatten()
     assert offsets.tolist() == [0] + counts.cumsum(0).tolist()
     assert channels.tolist() == nhwc.nonzero()[:, 1].tolist()  # row-major: each pixel's channels, ascending
 
@@ -49,10 +53,14 @@ def _random_case(seed):
 
 
 # kernel, stride, padding, Cin, Cout, N, H, W, spike density: a ResNet's three conv kinds with a full 64-channel
-# chunk, every tail length of 8..56 channels and 64 + tail, edge densities; then random ones
+# chunk, every tail length of 8..56 channels and 64 + tail, edge densities, 4 input blocks (the last 8 wide),
+# a 7 x 7 kernel, several pixel tiles and splits;
+# then random ones
 CASES = [(3, 1, 1, 64, 64, 2, 8, 8, 0.2), (3, 2, 1, 16, 72, 2, 9, 8, 0.3), (1, 2, 0, 70, 136, 2, 7, 7, 0.5),
          (3, 1, 1, 5, 56, 1, 4, 6, 1.0), (3, 1, 1, 9, 40, 1, 5, 5, 0.0), (3, 2, 1, 33, 120, 1, 6, 5, 0.1),
-         (3, 1, 0, 3, 32, 2, 4, 4, 0.6), (1, 1, 0, 12, 48, 3, 3, 4, 0.4)] + [_random_case(s) for s in range(8)]
+         (3, 1, 0, 3, 32, 2, 4, 4, 0.6), (1, 1, 0, 12, 48, 3, 3, 4, 0.4),
+         (3, 1, 1, 200, 128, 2, 5, 6, 0.25), (7, 2, 3, 8, 64, 1, 11, 9, 0.3),
+         (3, 1, 1, 64, 64, 3, 16, 12, 0.2)] + [_random_case(s) for s in range(8)]
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -84,6 +92,8 @@ def test_falls_back_where_the_kernels_do_not_apply():
     assert not event_conv.applies(x.contiguous(), torch.zeros(64, 8, 3, 3), (1, 1), (1, 1))  # NCHW input
     assert not event_conv.applies(x.double(), torch.zeros(64, 8, 3, 3).double(), (1, 1), (1, 1))
     assert not event_conv.applies(x, torch.zeros(64, 8, 3, 3), (1, 2), (1, 1))
+    assert not event_conv.applies(x, torch.zeros(64, 8, 9, 9), (1, 1), (4, 4))  # wider than a tap mask holds
+    assert event_conv.applies(x, torch.zeros(64, 8, 7, 7), (1, 1), (3, 3))
     # fewer output channels than MIN_CHANNELS: the bool-saving conv, unless asked for
     assert event_conv.applies(x, torch.zeros(64, 8, 3, 3), (1, 1), (1, 1))
     assert not event_conv.applies(x, torch.zeros(56, 8, 3, 3), (1, 1), (1, 1))

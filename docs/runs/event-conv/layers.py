@@ -1,6 +1,7 @@
 """Per-layer timing of the event-driven spike convs (sw/csrc/event_conv.cpp) against oneDNN, on the ResNet-18
 benchmark's conv shapes (N = T x batch = 320, channels_last float32, 2 threads), at several spike densities.
-Run from the repository root: .venv/bin/python docs/runs/event-conv/layers.py"""
+Run from the repository root: .venv/bin/python docs/runs/event-conv/layers.py. Ran at commit 6e15b7b: the kernels'
+API changed after (packed weights, per-block event lists); docs/runs/event-conv2/layers.py is the current version."""
 import time
 
 import torch
