@@ -105,6 +105,7 @@ at::Tensor forward(const at::Tensor& offsets, const at::Tensor& channels, std::v
               "wp must be [nc, K, K, Cin, 64]");
   Geometry g = geometry(offsets, in_shape, wp.size(1), Cout, stride, pad);
   TORCH_CHECK(wp.size(0) == g.nc && wp.size(3) == g.Cin, "wp does not match the input channels");
+  TORCH_CHECK(reinterpret_cast<uintptr_t>(wp.data_ptr<float>()) % 32 == 0, "wp must be 32-byte aligned");
   auto out = at::empty({g.N, g.Ho, g.Wo, g.Cout}, at::kFloat);
   const int64_t* off = offsets.data_ptr<int64_t>();
   const int16_t* ch = channels.data_ptr<int16_t>();
