@@ -89,14 +89,34 @@ Geometry geometry(const at::Tensor& offsets, std::vector<int64_t> in_shape, int6
   return g;
 }
 
-// the input pixel under tap (ky, kx) of output pixels p0 .. p0 + n - 1, or -1 in the padding
-inline void tap_inputs(const Geometry& g, int64_t p0, int64_t n, int64_t ky, int64_t kx, int64_t* q) {
-  for (int64_t i = 0; i < n; ++i) {
-    const int64_t p = p0 + i, b = p / (g.Ho * g.Wo), r = p % (g.Ho * g.Wo), oy = r / g.Wo, ox = r % g.Wo;
-    const int64_t iy = oy * g.stride - g.pad + ky, ix = ox * g.stride - g.pad + kx;
-    q[i] = (iy < 0 || iy >= g.H || ix < 0 || ix >= g.W) ? -1 : (b * g.H + iy) * g.W + ix;
+// where the windows of output pixels p0 .. p0 + n - 1 (n <= 64) start: one division per tile, not four per pixel
+// and tap
+static_assert(TP <= 64 && TW <= 64, "TileOrigins holds 64 pixels");
+struct TileOrigins {
+  int64_t n;
+  int64_t row[64], iy[64], ix[64];  // first input row of the pixel's image; window origin (may be in the padding)
+
+  TileOrigins(const Geometry& g, int64_t p0, int64_t count) : n(count) {
+    int64_t b = p0 / (g.Ho * g.Wo), r = p0 % (g.Ho * g.Wo), oy = r / g.Wo, ox = r % g.Wo;
+    for (int64_t i = 0; i < n; ++i) {
+      row[i] = b * g.H;
+      iy[i] = oy * g.stride - g.pad;
+      ix[i] = ox * g.stride - g.pad;
+      if (++ox == g.Wo) {
+        ox = 0;
+        if (++oy == g.Ho) oy = 0, ++b;
+      }
+    }
   }
-}
+
+  // the input pixel under tap (ky, kx) of each of the tile's pixels, or -1 in the padding
+  void inputs(const Geometry& g, int64_t ky, int64_t kx, int64_t* q) const {
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t y = iy[i] + ky, x = ix[i] + kx;
+      q[i] = (y < 0 || y >= g.H || x < 0 || x >= g.W) ? -1 : (row[i] + y) * g.W + x;
+    }
+  }
+};
 
 // wp: packed weights [nc, K, K, Cin, 64] (output channels zero-padded to nc * 64)
 at::Tensor forward(const at::Tensor& offsets, const at::Tensor& channels, std::vector<int64_t> in_shape,
@@ -118,8 +138,9 @@ at::Tensor forward(const at::Tensor& offsets, const at::Tensor& channels, std::v
     for (int64_t item = ib; item < ie; ++item) {
       const int64_t c = item / tiles, p0 = (item % tiles) * TP, n = std::min(TP, P - p0);
       std::fill(acc, acc + n * B, 0.0f);
+      const TileOrigins tile(g, p0, n);
       for (int64_t tap = 0; tap < KK; ++tap) {
-        tap_inputs(g, p0, n, tap / g.K, tap % g.K, q);
+        tile.inputs(g, tap / g.K, tap % g.K, q);
         const float* wk = w + (c * KK + tap) * g.Cin * B;
         for (int64_t k = 0; k < g.nb; ++k) {
           for (int64_t i = 0; i < n; ++i) {
@@ -187,8 +208,9 @@ at::Tensor weight_grad(const at::Tensor& offsets, const at::Tensor& channels, st
           std::fill(gt + i * B + cw, gt + (i + 1) * B, 0.0f);
         }
         std::fill(seen, seen + KK * B, uint64_t{0});
+        const TileOrigins tile(g, p0, n);
         for (int64_t tap = 0; tap < KK; ++tap) {
-          tap_inputs(g, p0, n, tap / K, tap % K, q);
+          tile.inputs(g, tap / K, tap % K, q);
           uint64_t* sk = seen + tap * B - first;
           for (int64_t i = 0; i < n; ++i) {
             if (q[i] < 0) continue;
