@@ -17,7 +17,7 @@ from torch.nn import functional as F
 
 from .bn import BNTT, make_bn
 from .folding import integer_current, round_ste, start_half_up
-from .fused import bn_lif, can_fuse_bn
+from .fused import _accumulable, bn_lif, can_fuse_bn
 from .model import PIXEL_MAX, weight_scale
 from .neuron import LIF, Surrogate
 from .resnet_fold import fold_population
@@ -77,8 +77,23 @@ def readout_layer(in_features: int, classes: int, *, wbits: int | None = None) -
 
 def over_time(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Apply a stateless layer to a multi-step tensor [T, B, ...] on the folded T*B batch."""
-    out = layer(x.flatten(0, 1))
+    out = layer(_FoldTime.apply(x) if x.requires_grad else x.flatten(0, 1))
     return out.reshape(x.shape[0], x.shape[1], *out.shape[1:])
+
+
+class _FoldTime(torch.autograd.Function):
+    """``x.flatten(0, 1)`` whose backward returns the unfolded gradient in a form autograd can add another gradient
+    of ``x`` into in place (fused._accumulable): a downsampling block's input feeds two convs (the main path and the
+    shortcut), and a plain flatten's gradient is a view, which made the engine sum the two into a fresh tensor."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.shape = x.shape
+        return x.flatten(0, 1)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _accumulable(grad.reshape(ctx.shape))
 
 
 class ConvBN(nn.Module):

@@ -324,6 +324,28 @@ def test_resnet_blocks_fuse_bn():
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14, msg=name)
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_residual_gradients_accumulate_in_place(channels_last):
+    """Every block input feeds two paths (the block's first conv and the shortcut: identity or a 1x1 conv); autograd
+    sums their gradients in place only when the first to arrive is not a view (fused._accumulable, resnet._FoldTime),
+    else each join allocates a fresh [T, B, C, H, W] tensor (an out-of-place aten::add)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.manual_seed(5)
+    model = resnet8(width=0.5, time_steps=3, neuron=fused_lif_neuron("arctan", leak_shift=1, compiled=True))
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    images = torch.rand(4, 1, 28, 28, generator=torch.Generator().manual_seed(6))
+    logits = model(images)
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        logits.square().sum().backward()
+    ops = prof.key_averages(group_by_input_shape=True)
+    joins = [e for e in ops if e.key in ("aten::add", "aten::add_") and len(e.input_shapes[0]) == 5
+             and e.input_shapes[0] == e.input_shapes[1]]
+    assert sum(e.count for e in joins if e.key == "aten::add_") == 3  # one per block
+    assert not [e for e in joins if e.key == "aten::add"], [(e.input_shapes[0], e.count) for e in joins]
+
+
 def test_bn_lif_under_bf16_autocast():
     """Under bf16 autocast the conv output is bf16: the fused node normalizes and integrates in float32 (the
     unfused BN rounds its output to bf16 first), so a spike may flip where a membrane sits within bf16 rounding of
