@@ -30,6 +30,31 @@ constexpr int64_t B = 64;   // input channels per block, output channels per chu
 constexpr int64_t TP = 32;  // output pixels per tile of the forward
 constexpr int64_t TW = 64;  // output pixels per tile of the weight gradient (one bit each in a uint64)
 
+// 64 floats (one weight or gradient row of a 64-channel block) in 8 AVX2 registers
+struct Row64 {
+  __m256 v[8];
+
+  static Row64 zero() {
+    Row64 r;
+    for (auto& x : r.v) x = _mm256_setzero_ps();
+    return r;
+  }
+  static Row64 load(const float* p) {  // p 32-byte aligned
+    Row64 r;
+    for (int k = 0; k < 8; ++k) r.v[k] = _mm256_load_ps(p + 8 * k);
+    return r;
+  }
+  void add(const float* p) {
+    for (int k = 0; k < 8; ++k) v[k] = _mm256_add_ps(v[k], _mm256_load_ps(p + 8 * k));
+  }
+  void store(float* p) const {
+    for (int k = 0; k < 8; ++k) _mm256_store_ps(p + 8 * k, v[k]);
+  }
+  void add_to(float* p) const {
+    for (int k = 0; k < 8; ++k) _mm256_store_ps(p + 8 * k, _mm256_add_ps(_mm256_load_ps(p + 8 * k), v[k]));
+  }
+};
+
 struct Geometry {
   int64_t N, H, W, Cin, Ho, Wo, Cout, K, stride, pad, nb, nc;
   int64_t pixels() const { return N * Ho * Wo; }
@@ -148,23 +173,9 @@ at::Tensor forward(const at::Tensor& offsets, const at::Tensor& channels, std::v
             const int64_t j0 = off[q[i] * g.nb + k], j1 = off[q[i] * g.nb + k + 1];
             if (j0 == j1) continue;
             float* a = acc + i * B;
-            __m256 r0 = _mm256_load_ps(a), r1 = _mm256_load_ps(a + 8), r2 = _mm256_load_ps(a + 16),
-                   r3 = _mm256_load_ps(a + 24), r4 = _mm256_load_ps(a + 32), r5 = _mm256_load_ps(a + 40),
-                   r6 = _mm256_load_ps(a + 48), r7 = _mm256_load_ps(a + 56);
-            for (int64_t j = j0; j < j1; ++j) {
-              const float* row = wk + static_cast<int64_t>(ch[j]) * B;
-              r0 = _mm256_add_ps(r0, _mm256_load_ps(row));
-              r1 = _mm256_add_ps(r1, _mm256_load_ps(row + 8));
-              r2 = _mm256_add_ps(r2, _mm256_load_ps(row + 16));
-              r3 = _mm256_add_ps(r3, _mm256_load_ps(row + 24));
-              r4 = _mm256_add_ps(r4, _mm256_load_ps(row + 32));
-              r5 = _mm256_add_ps(r5, _mm256_load_ps(row + 40));
-              r6 = _mm256_add_ps(r6, _mm256_load_ps(row + 48));
-              r7 = _mm256_add_ps(r7, _mm256_load_ps(row + 56));
-            }
-            _mm256_store_ps(a, r0); _mm256_store_ps(a + 8, r1); _mm256_store_ps(a + 16, r2);
-            _mm256_store_ps(a + 24, r3); _mm256_store_ps(a + 32, r4); _mm256_store_ps(a + 40, r5);
-            _mm256_store_ps(a + 48, r6); _mm256_store_ps(a + 56, r7);
+            Row64 sum = Row64::load(a);
+            for (int64_t j = j0; j < j1; ++j) sum.add(wk + static_cast<int64_t>(ch[j]) * B);
+            sum.store(a);
           }
         }
       }
@@ -221,27 +232,9 @@ at::Tensor weight_grad(const at::Tensor& offsets, const at::Tensor& channels, st
         for (int64_t r = 0; r < KK * B; ++r) {
           uint64_t m = seen[r];
           if (!m) continue;
-          __m256 r0 = _mm256_setzero_ps(), r1 = r0, r2 = r0, r3 = r0, r4 = r0, r5 = r0, r6 = r0, r7 = r0;
-          for (; m; m &= m - 1) {
-            const float* a = gt + __builtin_ctzll(m) * B;
-            r0 = _mm256_add_ps(r0, _mm256_load_ps(a));
-            r1 = _mm256_add_ps(r1, _mm256_load_ps(a + 8));
-            r2 = _mm256_add_ps(r2, _mm256_load_ps(a + 16));
-            r3 = _mm256_add_ps(r3, _mm256_load_ps(a + 24));
-            r4 = _mm256_add_ps(r4, _mm256_load_ps(a + 32));
-            r5 = _mm256_add_ps(r5, _mm256_load_ps(a + 40));
-            r6 = _mm256_add_ps(r6, _mm256_load_ps(a + 48));
-            r7 = _mm256_add_ps(r7, _mm256_load_ps(a + 56));
-          }
-          float* d = dw + r * B;
-          _mm256_store_ps(d, _mm256_add_ps(_mm256_load_ps(d), r0));
-          _mm256_store_ps(d + 8, _mm256_add_ps(_mm256_load_ps(d + 8), r1));
-          _mm256_store_ps(d + 16, _mm256_add_ps(_mm256_load_ps(d + 16), r2));
-          _mm256_store_ps(d + 24, _mm256_add_ps(_mm256_load_ps(d + 24), r3));
-          _mm256_store_ps(d + 32, _mm256_add_ps(_mm256_load_ps(d + 32), r4));
-          _mm256_store_ps(d + 40, _mm256_add_ps(_mm256_load_ps(d + 40), r5));
-          _mm256_store_ps(d + 48, _mm256_add_ps(_mm256_load_ps(d + 48), r6));
-          _mm256_store_ps(d + 56, _mm256_add_ps(_mm256_load_ps(d + 56), r7));
+          Row64 sum = Row64::zero();
+          for (; m; m &= m - 1) sum.add(gt + __builtin_ctzll(m) * B);
+          sum.add_to(dw + r * B);
         }
       }
     }
