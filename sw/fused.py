@@ -183,31 +183,51 @@ def _bn_current(y, a, d, extra, t: int, compute: torch.dtype):
 def _bn_lif_forward_kernel(y, gamma, beta, extra, eps: float, scale: float, threshold: float,
                            leak_shift: int | None, channels_last: bool, compute: torch.dtype):
     """Batch statistics of y (rows of a [T, B, C, H, W] conv output), then the T-step LIF on a * y + d (+ extra):
-    (spikes, mean, var)."""
+    (spikes, the same spikes as uint8 for backward, mean, var), both spike tensors written by the same loop."""
     var, mean = torch.var_mean(y.to(compute), dim=(0, 1) if channels_last else (0, 1, 3), correction=0)
     a, d = _bn_lif_affine(gamma, beta, mean, var, eps, scale, channels_last, compute)
-    after_reset, spikes = None, []
+    after_reset, spikes, saved = None, [], []
     for t in range(y.shape[0]):
         before_fire = _charge(after_reset, _bn_current(y, a, d, extra, t, compute), leak_shift)
         fired = (before_fire >= threshold).to(y.dtype)
         spikes.append(fired)
+        saved.append(fired.to(torch.uint8))
         after_reset = before_fire - fired * threshold
-    return torch.stack(spikes), mean, var
+    return torch.stack(spikes), torch.stack(saved), mean, var
 
 
 def _bn_lif_backward_kernel(grad_spikes, y, fired, extra, gamma, beta, mean, var, eps: float, scale: float,
                             surrogate, threshold: float, leak_shift: int | None, detach_reset: bool,
                             window: int | None, channels_last: bool, compute: torch.dtype):
-    """dL/dcurrent: the membranes recomputed with the saved spikes (the forward's reset path, bit for bit), then
-    BPTT. BN's own backward runs after it as ATen's (one optimized kernel)."""
+    """The node's whole backward: the membranes recomputed with the saved spikes (the forward's reset path, bit for
+    bit), BPTT to dL/dcurrent, then BN's backward (of out = gamma' x_hat + beta, gamma' = scale * gamma) in the same
+    program (one loop over the neurons for BPTT and the per-step terms of BN's two sums, one for dL/dy): returns
+    (dL/dy, dL/dgamma, dL/dbeta, dL/dcurrent), the last for a residual join's shortcut (None without one)."""
     a, d = _bn_lif_affine(gamma, beta, mean, var, eps, scale, channels_last, compute)
     after_reset, membranes = None, []
     for t in range(y.shape[0]):
         before_fire = _charge(after_reset, _bn_current(y, a, d, extra, t, compute), leak_shift)
         membranes.append(before_fire)
         after_reset = before_fire - fired[t].to(compute) * threshold
-    return torch.stack(_bptt(grad_spikes.to(compute), membranes, surrogate, threshold, leak_shift, detach_reset,
-                             window))
+    grads = _bptt(grad_spikes.to(compute), membranes, surrogate, threshold, leak_shift, detach_reset, window)
+    shape = (-1,) if channels_last else (-1, 1)
+    invstd = torch.rsqrt(var + eps)
+
+    def x_hat(t: int):
+        return (y[t].to(compute) - mean.view(shape)) * invstd.view(shape)
+
+    # BN's sums over (T, rows) as sums over the T steps first, elementwise in the BPTT loop, so the reductions
+    # proper read [rows, C], not [T, rows, C] (with torch.sum over the stacked gradient, Inductor reread it in a
+    # separate loop); x_hat is recomputed where needed, never stored
+    dims = (0,) if channels_last else (0, 2)
+    grad_beta = sum(grads).sum(dims)
+    grad_gamma = sum(g * x_hat(t) for t, g in enumerate(grads)).sum(dims)  # of gamma'
+    count = len(grads) * grads[0].numel() // gamma.shape[0]
+    k = (gamma.to(compute) * scale * invstd).view(shape)
+    mean_g, mean_gx = (grad_beta / count).view(shape), (grad_gamma / count).view(shape)
+    grad_current = torch.stack(grads)  # written once, read back by dL/dy (indexing grads there stored it twice)
+    grad_y = torch.stack([k * (grad_current[t] - mean_g - x_hat(t) * mean_gx) for t in range(len(grads))])
+    return grad_y, grad_gamma * scale, grad_beta, None if extra is None else grad_current
 
 
 def _widen(x: torch.Tensor | None) -> torch.Tensor | None:
@@ -427,7 +447,7 @@ class BNLIFFunction(torch.autograd.Function):
     steps; ``scale`` is tdBN's alpha * V_th, 1 for plain BN), plus ``extra`` (the shortcut current of a residual
     join, or None), integrated and fired by ``neuron`` (a FusedLIF) over the T steps, in two compiled kernels (see
     the comment above ``_bn_lif_forward_kernel``). ``mean`` and ``var`` (biased) are the batch statistics, for the
-    caller's running-statistics update. ``extra_binary``: extra is spikes (an identity shortcut), saved as bool.
+    caller's running-statistics update. ``extra_binary``: extra is spikes (an identity shortcut), saved as uint8.
 
     The gradients are exact BPTT through the LIF (the neuron's ``temporal_window`` applies) and exact BN backward;
     they equal the unfused modules' up to float rounding (the normalization is computed as a * y + d).
@@ -437,11 +457,14 @@ class BNLIFFunction(torch.autograd.Function):
     def forward(ctx, y, gamma, beta, extra, extra_binary, eps, scale, neuron):
         compute, channels_last = _compute_dtype(y.dtype), _steps_channels_last(y)
         extra = None if extra is None else _rows(extra, channels_last)
-        spikes, mean, var = _compiled("bn_forward")(_rows(_widen(y), channels_last), gamma, beta, _widen(extra), eps,
-                                                    scale, neuron.threshold, neuron.leak_shift, channels_last, compute)
+        spikes, fired, mean, var = _compiled("bn_forward")(_rows(_widen(y), channels_last), gamma, beta, _widen(extra),
+                                                           eps, scale, neuron.threshold, neuron.leak_shift,
+                                                           channels_last, compute)
         spikes = spikes.to(y.dtype)
-        saved_extra = None if extra is None else (extra.to(torch.bool) if extra_binary else extra)
-        ctx.save_for_backward(y, spikes.to(torch.bool), saved_extra, gamma, beta, mean, var)
+        # 0/1 saved as uint8, not bool: Inductor's CPU kernels load bool through a slow mask path (the backward
+        # took 65 ms instead of 34 ms for a [10, 32768, 64] node with an identity shortcut, 2026-12-04)
+        saved_extra = None if extra is None else (extra.to(torch.uint8) if extra_binary else extra)
+        ctx.save_for_backward(y, fired, saved_extra, gamma, beta, mean, var)
         ctx.eps, ctx.scale, ctx.neuron, ctx.compute, ctx.channels_last = eps, scale, neuron, compute, channels_last
         ctx.extra_dtype = None if extra is None else extra.dtype
         ctx.mark_non_differentiable(mean, var)
@@ -451,21 +474,15 @@ class BNLIFFunction(torch.autograd.Function):
     def backward(ctx, grad_spikes, _grad_mean, _grad_var):
         y, fired, extra, gamma, beta, mean, var = ctx.saved_tensors
         n, channels_last = ctx.neuron, ctx.channels_last
-        grad_current = _compiled("bn_backward")(
+        grad_y, grad_weight, grad_beta, grad_current = _compiled("bn_backward")(
             _rows(_widen(grad_spikes), channels_last), _rows(_widen(y), channels_last), fired, _widen(extra), gamma,
             beta, mean, var,
             ctx.eps, ctx.scale, n.surrogate, n.threshold, n.leak_shift, n.detach_reset, n.temporal_window,
             channels_last, ctx.compute)
-        grad_current = _unrows(grad_current, y.shape, channels_last)
-        # BN backward of out = gamma' * x_hat + beta with gamma' = scale * gamma (tdBN), in ATen's kernel
-        grad_y, grad_weight, grad_beta = torch.ops.aten.native_batch_norm_backward(
-            grad_current.flatten(0, 1), y.flatten(0, 1).to(ctx.compute), (gamma * ctx.scale).to(ctx.compute),
-            None, None, mean, torch.rsqrt(var + ctx.eps), True, ctx.eps,
-            [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]])
-        grad_extra = None if ctx.extra_dtype is None else _accumulable(grad_current.to(ctx.extra_dtype))
-        return (None if grad_y is None else grad_y.view(y.shape).to(y.dtype),
-                None if grad_weight is None else (grad_weight * ctx.scale).to(gamma.dtype),
-                None if grad_beta is None else grad_beta.to(beta.dtype), grad_extra, None, None, None, None)
+        grad_extra = None if ctx.extra_dtype is None else \
+            _accumulable(_unrows(grad_current, y.shape, channels_last).to(ctx.extra_dtype))
+        return (_unrows(grad_y, y.shape, channels_last).to(y.dtype), grad_weight.to(gamma.dtype),
+                grad_beta.to(beta.dtype), grad_extra, None, None, None, None)
 
 
 def _plain_bn(bn: nn.Module):

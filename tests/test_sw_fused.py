@@ -191,12 +191,14 @@ def test_spike_input_conv_under_autocast():
     torch.testing.assert_close(gw, ref_gw)
 
 
-def _bn_lif_case(bn_kind, extra_kind, seed=11, dtype=torch.float64):
-    """A conv output y [T, B, C, H, W] (channels_last steps), a BN of the kind, and a shortcut current."""
+def _bn_lif_case(bn_kind, extra_kind, seed=11, dtype=torch.float64, channels_last=True):
+    """A conv output y [T, B, C, H, W] (channels_last steps unless told), a BN of the kind, and a shortcut current."""
     from spikeforge.sw.bn import make_bn
     g = torch.Generator().manual_seed(seed)
     y = (torch.randn(4 * 3, 5, 6, 7, generator=g, dtype=dtype) * 1.5 + 0.4)
-    y = y.contiguous(memory_format=torch.channels_last).view(4, 3, 5, 6, 7)
+    if channels_last:
+        y = y.contiguous(memory_format=torch.channels_last)
+    y = y.view(4, 3, 5, 6, 7)
     bn = make_bn(bn_kind, 5, join=extra_kind is not None).to(dtype)
     with torch.no_grad():
         bn.norm.weight.uniform_(0.5, 1.5, generator=g)
@@ -225,16 +227,18 @@ def _bn_lif_run(bn, neuron, y, extra, weights, fused):
     return spikes.detach(), grads
 
 
-@pytest.mark.parametrize("bn_kind,extra_kind,window,momentum", [
-    ("shared", None, None, 0.1),
-    ("tdbn", "spikes", None, None),
-    pytest.param("shared", "current", 2, 0.1, marks=pytest.mark.slow),
+@pytest.mark.parametrize("bn_kind,extra_kind,window,momentum,channels_last", [
+    ("shared", None, None, 0.1, True),
+    ("tdbn", "spikes", None, None, True),
+    ("shared", "spikes", None, 0.1, False),
+    pytest.param("shared", "current", 2, 0.1, True, marks=pytest.mark.slow),
 ])
-def test_bn_lif_matches_separate_modules(bn_kind, extra_kind, window, momentum):
+def test_bn_lif_matches_separate_modules(bn_kind, extra_kind, window, momentum, channels_last):
     """BN + LIF (+ a residual join's shortcut current) as one compiled node: the same spikes, gradients of the conv
-    output, BN's affine and the shortcut, and the same running statistics as BN and the neuron run separately."""
+    output, BN's affine and the shortcut, and the same running statistics as BN and the neuron run separately (BN's
+    backward runs inside the node's compiled kernel; NCHW steps take its other reduction layout)."""
     import copy
-    y, bn, extra, weights = _bn_lif_case(bn_kind, extra_kind)
+    y, bn, extra, weights = _bn_lif_case(bn_kind, extra_kind, channels_last=channels_last)
     bn.norm.momentum = momentum
     ref_bn, ref_neuron = copy.deepcopy(bn), FusedLIF("arctan", 0.5, leak_shift=1, threshold=0.9,
                                                      temporal_window=window, compiled=False)
@@ -243,7 +247,8 @@ def test_bn_lif_matches_separate_modules(bn_kind, extra_kind, window, momentum):
     spikes, grads = _bn_lif_run(bn, neuron, y, extra, weights, fused=True)
     assert 0.05 < ref_spikes.mean() < 0.6
     assert torch.equal(spikes, ref_spikes)
-    assert spikes[0].is_contiguous(memory_format=torch.channels_last)  # the next conv reads it without a reorder
+    # the next conv reads the spikes in the conv output's layout, without a reorder
+    assert spikes[0].is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     for got, want in zip(grads, ref_grads):
         assert want.abs().max() > 0
         torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
