@@ -66,6 +66,7 @@ PEER_VARIANTS = ("spikingjelly-compile-bf16", "spikingjelly-graphs", "spikingjel
 CONV_STACK = "conv-stack"
 CONV_STACK_BF16 = "conv-stack-bf16"  # the same convs under bf16 autocast: the ceiling of the bf16 configurations
 DEFAULT = ("spikeforge", "spikingjelly", "spikingjelly-compile", "snntorch")
+_HUGEPAGES_LINE = {"shipped": "spikeforge's children only (as shipped)", "all": "every child", "none": "no child"}
 # --malloc-cache: glibc serves tensors above 32 MiB (a full-width layer's [T*B, C, H, W]) with a fresh mmap, so every
 # such tensor page-faults on first touch (~25% of a full-width spikeforge step on the 2026-12-02 AVX2 machine);
 # these settings keep freed memory in the heap for reuse instead (same for every framework: a process setting)
@@ -355,7 +356,8 @@ def _child(args) -> None:
         loss.backward()
         optimizer.step()
 
-    print(json.dumps({"ready": name, "baseline_rss": baseline}), flush=True)
+    print(json.dumps({"ready": name, "baseline_rss": baseline, "hugepages": os.environ.get("THP_MEM_ALLOC_ENABLE")}),
+          flush=True)
     for line in sys.stdin:  # the parent sends "warm" or "time" once per step, "stop" at the end
         command = line.strip()
         if command == "stop":
@@ -395,6 +397,14 @@ def all_frameworks() -> list[str]:
     return [*SPIKEFORGE, *PEERS, *PEER_VARIANTS, CONV_STACK, CONV_STACK_BF16]
 
 
+def _hugepages(name: str, policy: str) -> str:
+    """THP_MEM_ALLOC_ENABLE for a child: PyTorch's CPU allocator puts tensors of 2 MiB and more on transparent huge
+    pages when it is 1. spikeforge.sw turns it on when imported (sw/__init__.py); PyTorch's default, which the
+    peers and the bare conv stacks run with, is off. ``policy``: "shipped" (each as its users get it), "all", "none"."""
+    on = policy == "all" or (policy == "shipped" and name in SPIKEFORGE)
+    return "1" if on else "0"
+
+
 def _is_bf16(name: str) -> bool:
     return name.endswith("-bf16") and not name.endswith("-bf16mem")
 
@@ -404,7 +414,8 @@ class _Child:
         cmd = [sys.executable, "-m", "spikeforge.sw.bench_train", "--child", name, "--width-div", str(args.width_div),
                "--batch", str(args.batch), "--time-steps", str(args.time_steps), "--device", args.device]
         cmd += ["--trim-heap"] if args.trim_heap else []
-        env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), **(MALLOC_CACHE if args.malloc_cache else {}))
+        env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), **(MALLOC_CACHE if args.malloc_cache else {}),
+                   THP_MEM_ALLOC_ENABLE=_hugepages(name, args.hugepages))
         self.name, self.times, self.peaks, self.gpu_peaks, self.gpu_reserved, self.error = name, [], [], [], [], None
         self._start(cmd, env)
         self.hello = self._read()
@@ -523,6 +534,7 @@ def run_benchmark(args) -> list[dict]:
         results.append(dict(name=name, seconds=seconds, times=child.times, images_per_s=args.batch / seconds,
                             ru_maxrss=done.get("ru_maxrss", max(child.peaks)), step_peak_rss=max(child.peaks),
                             baseline_rss=done.get("baseline_rss", child.hello.get("baseline_rss", 0)),
+                            hugepages=child.hello.get("hugepages"),
                             **({"step_peak_gpu": max(child.gpu_peaks)} if child.gpu_peaks else {}),
                             **({"step_peak_gpu_reserved": max(child.gpu_reserved)} if child.gpu_reserved else {})))
     order = {n: i for i, n in enumerate(args.frameworks)}
@@ -591,6 +603,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--malloc-cache", action="store_true",
                    help="run EVERY child with glibc malloc keeping freed memory for reuse (MALLOC_CACHE): no page "
                         "faults on the large per-layer tensors, more resident memory")
+    p.add_argument("--hugepages", default="shipped", choices=("shipped", "all", "none"),
+                   help="which children get PyTorch's huge-page CPU allocation (THP_MEM_ALLOC_ENABLE=1): shipped = "
+                        "the spikeforge ones (spikeforge.sw turns it on; the peers run PyTorch's default, off), all, "
+                        "none")
     p.add_argument("--trim-heap", action="store_true",
                    help="malloc_trim after every step (less idle memory in the waiting children; slows them)")
     p.add_argument("--out", default=None, help="append the table to this markdown file (e.g. docs/benchmarks.md)")
@@ -621,6 +637,7 @@ def main(argv: list[str] | None = None) -> int:
     header = (f"ResNet-18 (CIFAR stem, widths {'-'.join(map(str, _widths(args.width_div)))}), T={args.time_steps}, "
               f"batch {args.batch}, {args.warmup} warm-up + {args.steps} timed steps each, lockstep; "
               f"{'malloc cache (MALLOC_CACHE) in every child; ' if args.malloc_cache else ''}"
+              f"huge-page allocation (THP_MEM_ALLOC_ENABLE=1): {_HUGEPAGES_LINE[args.hugepages]}; "
               f"{_device_line() + '; ' if args.device != 'cpu' else ''}load average (1/5/15 min) {results[0]['load'] if results else '?'}; "
               f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
     print(header)

@@ -198,11 +198,13 @@ def _bn_lif_forward_kernel(y, gamma, beta, extra, eps: float, scale: float, thre
 
 def _bn_lif_backward_kernel(grad_spikes, y, fired, extra, gamma, beta, mean, var, eps: float, scale: float,
                             surrogate, threshold: float, leak_shift: int | None, detach_reset: bool,
-                            window: int | None, channels_last: bool, compute: torch.dtype):
+                            window: int | None, channels_last: bool, compute: torch.dtype,
+                            extra_dtype: torch.dtype | None):
     """The node's whole backward: the membranes recomputed with the saved spikes (the forward's reset path, bit for
     bit), BPTT to dL/dcurrent, then BN's backward (of out = gamma' x_hat + beta, gamma' = scale * gamma) in the same
     program (one loop over the neurons for BPTT and the per-step terms of BN's two sums, one for dL/dy): returns
-    (dL/dy, dL/dgamma, dL/dbeta, dL/dcurrent), the last for a residual join's shortcut (None without one)."""
+    (dL/dy, dL/dgamma, dL/dbeta, dL/dcurrent), the last for a residual join's shortcut (None without one), dL/dy in
+    y's dtype and dL/dcurrent in ``extra_dtype`` (the casts of a bf16 run fused into the loops)."""
     a, d = _bn_lif_affine(gamma, beta, mean, var, eps, scale, channels_last, compute)
     after_reset, membranes = None, []
     for t in range(y.shape[0]):
@@ -227,7 +229,7 @@ def _bn_lif_backward_kernel(grad_spikes, y, fired, extra, gamma, beta, mean, var
     mean_g, mean_gx = (grad_beta / count).view(shape), (grad_gamma / count).view(shape)
     grad_current = torch.stack(grads)  # written once, read back by dL/dy (indexing grads there stored it twice)
     grad_y = torch.stack([k * (grad_current[t] - mean_g - x_hat(t) * mean_gx) for t in range(len(grads))])
-    return grad_y, grad_gamma * scale, grad_beta, None if extra is None else grad_current
+    return grad_y.to(y.dtype), grad_gamma * scale, grad_beta, None if extra is None else grad_current.to(extra_dtype)
 
 
 def _widen(x: torch.Tensor | None) -> torch.Tensor | None:
@@ -478,7 +480,8 @@ class BNLIFFunction(torch.autograd.Function):
             _rows(_widen(grad_spikes), channels_last), _rows(_widen(y), channels_last), fired, _widen(extra), gamma,
             beta, mean, var,
             ctx.eps, ctx.scale, n.surrogate, n.threshold, n.leak_shift, n.detach_reset, n.temporal_window,
-            channels_last, ctx.compute)
+            channels_last, ctx.compute, ctx.extra_dtype)
+        # (the casts are no-ops but where _widen gave the kernel a float32 copy of a 16-bit CUDA tensor)
         grad_extra = None if ctx.extra_dtype is None else \
             _accumulable(_unrows(grad_current, y.shape, channels_last).to(ctx.extra_dtype))
         return (_unrows(grad_y, y.shape, channels_last).to(y.dtype), grad_weight.to(gamma.dtype),
@@ -551,7 +554,8 @@ def _nchw(t: torch.Tensor) -> torch.Tensor:
 
 class SpikeConv2dFunction(torch.autograd.Function):
     """conv2d whose input is known to be binary spikes: saved for the weight gradient as bool (1 byte instead of
-    4) and turned back into float, exactly, in backward. ``apply(x, weight, stride, padding)``, no bias.
+    4) and turned back into float, exactly, in backward (16-bit spikes in the conv's own dtype are saved as they
+    are). ``apply(x, weight, stride, padding)``, no bias.
 
     Under autocast (``torch.autocast(device, dtype)``) it computes like autocast's own conv2d: input, weight and
     (in backward) the output gradient in the autocast dtype; the gradients go back in the input's and the
@@ -563,7 +567,11 @@ class SpikeConv2dFunction(torch.autograd.Function):
         dtype = torch.promote_types(x.dtype, weight.dtype)
         if torch.is_autocast_enabled(device) and dtype != torch.float64:  # autocast leaves float64 alone
             dtype = torch.get_autocast_dtype(device)
-        ctx.save_for_backward(x.to(torch.bool) if x.requires_grad or weight.requires_grad else x, weight)
+        # spikes already in the conv's 16-bit dtype (bf16 autocast: the fused node's spikes are bf16) are saved as
+        # they are: bool and back cost two passes for one byte (2 x ~3 ms per [320, 16, 32, 32] input, 2026-12-04)
+        as_is = x.dtype == dtype and x.dtype in (torch.bfloat16, torch.float16)
+        ctx.save_for_backward(x.to(torch.bool) if not as_is and (x.requires_grad or weight.requires_grad) else x,
+                              weight)
         ctx.dtype, ctx.x_dtype, ctx.stride, ctx.padding = dtype, x.dtype, stride, padding
         ctx.channels_last = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) \
             and not x.is_contiguous()

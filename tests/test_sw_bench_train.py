@@ -107,7 +107,29 @@ def test_a_real_cpu_run_writes_table_and_json(tmp_path):
     assert [r["name"] for r in report["results"]] == ["spikeforge-autograd", "conv-stack"]
     for r in report["results"]:
         assert len(r["times"]) == 2 and r["seconds"] > 0 and r["step_peak_rss"] > 0
+    # huge-page allocation as shipped: spikeforge's child has it, the plain-PyTorch conv stack has PyTorch's default
+    assert [r["hugepages"] for r in report["results"]] == ["1", "0"]
     assert "widths 2-4-8-16" in out.read_text() and "| spikeforge-autograd |" in out.read_text()
+    assert "huge-page allocation (THP_MEM_ALLOC_ENABLE=1): spikeforge's children only" in out.read_text()
+
+
+@pytest.mark.parametrize("policy,expected", [("shipped", ["1", "0", "0", "0"]), ("all", ["1"] * 4),
+                                             ("none", ["0"] * 4)])
+def test_hugepage_allocation_per_child(policy, expected):
+    assert [bench_train._hugepages(name, policy)
+            for name in ("spikeforge", "snntorch", "spikingjelly-compile", "conv-stack")] == expected
+
+
+@pytest.mark.parametrize("preset,expected", [(None, "1"), ("0", "0")])
+def test_importing_spikeforge_sw_turns_on_hugepage_allocation_unless_told(preset, expected):
+    """sw/__init__.py sets PyTorch's THP_MEM_ALLOC_ENABLE=1 on import; a value the user set first is kept."""
+    import os
+    env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
+    if preset is not None:
+        env["THP_MEM_ALLOC_ENABLE"] = preset
+    code = "import os, spikeforge.sw; print(os.environ['THP_MEM_ALLOC_ENABLE'])"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == expected
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
