@@ -271,13 +271,9 @@ def deployed_accuracy(net: Network, images, labels, T: int | None = None, batch:
     return correct / max(1, len(images))
 
 
-def main(argv=None) -> Network:
-    """Command line: ``python -m spikeforge.sw.export CHECKPOINT -o NETWORK [--calibration-images N]``."""
+def build_parser():
+    """The parser of ``spikeforge export``."""
     import argparse
-
-    from spikeforge import netimage
-
-    from .data import load_dataset
 
     p = argparse.ArgumentParser(prog="spikeforge export",
                                 description="Fold a QAT checkpoint (a chain or a spiking ResNet) into a network image.")
@@ -288,7 +284,16 @@ def main(argv=None) -> Network:
                         "always uses the worst-case bound)")
     p.add_argument("--max-acc-bits", type=int, default=32)
     p.add_argument("--data-dir", default=None)
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None) -> Network:
+    """Command line: ``python -m spikeforge.sw.export CHECKPOINT -o NETWORK [--calibration-images N]``."""
+    from spikeforge import netimage
+
+    from .data import load_dataset
+
+    args = build_parser().parse_args(argv)
     try:
         ckpt = read_checkpoint(args.checkpoint)
         cfg = ckpt["config"]

@@ -249,11 +249,11 @@ def plot(table: GradFlowTable, path, title: str = "") -> None:
     plt.close(fig)
 
 
-def main(argv=None) -> GradFlowTable:
-    """``spikeforge gradflow --model resnet50 --time-steps 10 --batch 2 --widths 0.1,0.3,1,3,10 --png FILE``."""
+def build_parser():
+    """The parser of ``spikeforge gradflow``."""
     import argparse
 
-    from .resnet import RESNETS, lif_neuron
+    from .resnet import RESNETS
 
     p = argparse.ArgumentParser(prog="spikeforge gradflow",
                                 description="Gradient norms vs depth at initialization for several surrogate widths.")
@@ -273,7 +273,14 @@ def main(argv=None) -> GradFlowTable:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                    help="auto: CUDA when torch sees a GPU, else the CPU")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None) -> GradFlowTable:
+    """``spikeforge gradflow --model resnet50 --time-steps 10 --batch 2 --widths 0.1,0.3,1,3,10 --png FILE``."""
+    from .resnet import RESNETS, lif_neuron
+
+    args = build_parser().parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("spikeforge gradflow: --device cuda was asked for but torch sees no CUDA device; "
                          "use --device cpu or auto")

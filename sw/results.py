@@ -215,7 +215,8 @@ def render(runs: list[dict], curve: dict | None = None, command: str = "spikefor
     return "\n".join(lines) + "\n"
 
 
-def main(argv=None) -> str:
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of ``spikeforge results``."""
     p = argparse.ArgumentParser(prog="spikeforge results",
                                 description="Write docs/results.md (and the accuracy-vs-T plot) from training runs.")
     p.add_argument("runs", nargs="+", help="run folders (each a `spikeforge train --out`) holding summary.json, or "
@@ -229,8 +230,12 @@ def main(argv=None) -> str:
     p.add_argument("--png", default="docs/accuracy_vs_T.png")
     p.add_argument("--images", type=int, default=None, help="test images for the accuracy-vs-T curve (all: none)")
     p.add_argument("--data-dir", default=None, help="dataset folder of that run, if not the packaged one")
+    return p
+
+
+def main(argv=None) -> str:
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = p.parse_args(argv)
+    args = build_parser().parse_args(argv)
     runs = load_runs(args.runs)  # ResultsError: the `spikeforge` command prints its sentence
     curve = None
     if args.accuracy_vs_t:

@@ -972,9 +972,8 @@ def _width(text: str) -> float | str:
     return "auto" if text == "auto" else float(text)
 
 
-def main(argv=None) -> dict:
-    """Command line: ``python -m spikeforge.sw.train [--preset NAME] [--field value ...]``; under
-    ``torchrun --nproc-per-node N -m spikeforge.sw.train ...`` every rank runs it (DDP)."""
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of ``spikeforge train``: ``--preset`` and one flag per TrainConfig field."""
     p = argparse.ArgumentParser(prog="spikeforge train", description="Train (float, then QAT), export and evaluate "
                                 "a spiking network; every flag overrides the preset's value.")
     p.add_argument("--preset", default="default", choices=sorted(PRESETS),
@@ -987,7 +986,13 @@ def main(argv=None) -> dict:
         default = getattr(PRESETS["default"], f.name)
         p.add_argument(*names, dest=f.name, type=convs[f.type], default=None, metavar=f.name.upper(),
                        help=f"{_HELP[f.name]} (default: {default})")
-    args = vars(p.parse_args(argv))
+    return p
+
+
+def main(argv=None) -> dict:
+    """Command line: ``python -m spikeforge.sw.train [--preset NAME] [--field value ...]``; under
+    ``torchrun --nproc-per-node N -m spikeforge.sw.train ...`` every rank runs it (DDP)."""
+    args = vars(build_parser().parse_args(argv))
     name = args.pop("preset")
     return train(preset(name, **{k: v for k, v in args.items() if v is not None}))
 
