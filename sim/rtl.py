@@ -18,15 +18,14 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from spikeforge.netimage import Network
+from spikeforge.record import SpikeRecord
 
-__all__ = ["RtlResult", "RtlSimError", "run_rtl", "generate_verilog", "TOPLEVEL"]
+__all__ = ["RtlSimError", "run_rtl", "generate_verilog", "TOPLEVEL", "SOURCE"]
 
 TOPLEVEL = "spikeforge_accelerator"
 TEST_MODULE = "spikeforge.sim.cocotb_accel"
@@ -36,35 +35,7 @@ class RtlSimError(RuntimeError):
     """The simulation could not run, or the design broke the accelerator's interface contract."""
 
 
-@dataclass
-class RtlResult:
-    """What the RTL did, in the reference's layout.
-
-    ``spikes[p]`` is a uint8 tensor [T, B, *shape] for every lif population p (None for input and readout) that
-    counts the spike events population p emitted for each neuron in each step (1 = spiked; 2 or more = the same
-    neuron was reported more than once, a bug the comparator names); ``readout`` the int64 readout potentials
-    [B, *shape]; ``cycles`` the accelerator's ``cycles`` output per image; ``sim_cycles`` the clock cycles the
-    whole simulation ran; ``wall_s`` the wall time of the build and the run; ``waves`` the waveform file or None.
-    """
-
-    spikes: list[torch.Tensor | None]
-    readout: torch.Tensor
-    cycles: list[int]
-    wall_s: float
-    sim_cycles: int = 0
-    sim_s: float = 0.0
-    waves: Path | None = None
-    build_dir: Path | None = None
-    step_ends: np.ndarray | None = field(default=None, repr=False)  # [B, populations]: step_end pulses seen
-    population_names: list[str] | None = None
-
-    @property
-    def cycles_per_second(self) -> float:
-        """Simulated clock cycles per second of simulator wall time."""
-        return self.sim_cycles / self.sim_s if self.sim_s > 0 else 0.0
-
-    def spike_counts(self) -> list[int | None]:
-        return [None if s is None else int(s.sum()) for s in self.spikes]
+SOURCE = "RTL"  # the record's name in mismatch messages
 
 
 def _default_design(net: Network, time_steps: int):
@@ -219,8 +190,13 @@ def _job(net: Network, images: np.ndarray, time_steps: int, out: Path, seed: int
 
 
 def run_rtl(net: Network, images, time_steps: int | None = None, build_dir: str | Path | None = None,
-            waves: bool = False, *, seed: int = 1, jobs: int | None = None, design=None) -> RtlResult:
+            waves: bool = False, *, seed: int = 1, jobs: int | None = None, design=None) -> SpikeRecord:
     """Simulate the accelerator for ``net`` on ``images`` (uint8-valued [B, C, H, W]) for T steps in Icarus.
+
+    The record's ``spikes[p]`` count the spike events population p emitted for each neuron in each step (1 =
+    spiked; 2 or more = the same neuron was reported more than once, which the comparator names); ``cycles`` is the
+    accelerator's ``cycles`` output per image, ``sim_cycles`` the clock cycles the whole simulation ran, ``sim_s``
+    the simulators' wall time and ``wall_s`` that of the build and the run, ``waves`` the waveform file or None.
 
     ``build_dir`` keeps the Verilog, the simulator build, the job and result files and the waveform
     (``waves=True``: ``<build_dir>/<toplevel>.fst``); by default a fresh temporary folder (deleted afterwards
@@ -232,7 +208,7 @@ def run_rtl(net: Network, images, time_steps: int | None = None, build_dir: str 
 
     started = time.perf_counter()
     T = net.time_steps if time_steps is None else int(time_steps)
-    imgs = np.asarray(images.numpy() if isinstance(images, torch.Tensor) else images)
+    imgs = np.asarray(images)
     if imgs.ndim == 3:
         imgs = imgs[:, None]
     if tuple(imgs.shape[1:]) != tuple(net.input.shape):
@@ -280,13 +256,13 @@ def run_rtl(net: Network, images, time_steps: int | None = None, build_dir: str 
             if isinstance(part, str):
                 where = f"; waves: {wave_path}" if wave_path else "; rerun with waves=True for a waveform"
                 raise RtlSimError(f"RTL simulation of {B} image(s) at T={T} failed: {part}{where}")
-        result = RtlResult(
-            spikes=[None if parts[0].spikes[p] is None else torch.cat([r.spikes[p] for r in parts], dim=1)
+        result = SpikeRecord(
+            spikes=[None if parts[0].spikes[p] is None else np.concatenate([r.spikes[p] for r in parts], axis=1)
                     for p in range(len(net.populations))],
-            readout=torch.cat([r.readout for r in parts]), cycles=[c for r in parts for c in r.cycles],
-            wall_s=0.0, sim_cycles=sum(r.sim_cycles for r in parts), sim_s=sim_s,
-            step_ends=np.concatenate([r.step_ends for r in parts]),
-            population_names=[pop.name for pop in net.populations])
+            readout=np.concatenate([r.readout for r in parts]), source=SOURCE,
+            population_names=[pop.name for pop in net.populations], cycles=[c for r in parts for c in r.cycles],
+            sim_cycles=sum(r.sim_cycles for r in parts), sim_s=sim_s,
+            step_ends=np.concatenate([r.step_ends for r in parts]))
         result.waves = wave_path
         result.build_dir = None if temporary and not waves else work  # a temporary folder is kept for its waves
         result.wall_s = time.perf_counter() - started
@@ -297,7 +273,7 @@ def run_rtl(net: Network, images, time_steps: int | None = None, build_dir: str 
 
 
 def _simulate_chunk(runner, net: Network, imgs: np.ndarray, which: np.ndarray, T: int, folder: Path, sim_build: Path,
-                    seed: int, waves: bool) -> RtlResult | str:
+                    seed: int, waves: bool) -> SpikeRecord | str:
     """One cocotb run over the images ``which``; the decoded result, or the failure as a sentence."""
     folder.mkdir(parents=True, exist_ok=True)
     out, trace_path, job_path = folder / "results.npz", folder / "trace.txt", folder / "job.json"
@@ -344,7 +320,7 @@ def _find_waves(*folders: Path) -> Path | None:
     return None
 
 
-def _decode(net: Network, saved, trace: np.ndarray, B: int, T: int) -> RtlResult:
+def _decode(net: Network, saved, trace: np.ndarray, B: int, T: int) -> SpikeRecord:
     pops = net.populations
     markers = trace[:, 2] < 0  # per image and population: how many step_end pulses it saw
     step_ends = np.zeros((B, len(pops)), np.int64)
@@ -352,7 +328,7 @@ def _decode(net: Network, saved, trace: np.ndarray, B: int, T: int) -> RtlResult
         if image < B:
             step_ends[image, p] = count
     events = trace[~markers]
-    spikes: list[torch.Tensor | None] = [None] * len(pops)
+    spikes: list[np.ndarray | None] = [None] * len(pops)
     for p, pop in enumerate(pops):
         if pop.kind != "lif":
             continue
@@ -367,13 +343,13 @@ def _decode(net: Network, saved, trace: np.ndarray, B: int, T: int) -> RtlResult
             raise RtlSimError(f"population {p} ('{pop.name}') emitted {what} for image {img[k]}")
         counts = np.zeros((T, B, pop.size), np.int64)
         np.add.at(counts, (step, img, idx), 1)
-        spikes[p] = torch.from_numpy(np.minimum(counts, 255).astype(np.uint8).reshape(T, B, *pop.shape))
+        spikes[p] = np.minimum(counts, 255).astype(np.uint8).reshape(T, B, *pop.shape)
         wrong = np.nonzero(step_ends[:, p] != T)[0]
         if wrong.size:
             b = int(wrong[0])
             raise RtlSimError(f"population {p} ('{pop.name}') signalled step_end {step_ends[b, p]} times for "
                               f"image {b}, not T={T} times")
-    readout = torch.from_numpy(saved["results"].astype(np.int64).reshape(B, *net.readout.shape))
-    return RtlResult(spikes=spikes, readout=readout, cycles=[int(c) for c in saved["cycles"]], wall_s=0.0,
-                     sim_cycles=int(saved["sim_cycles"]), step_ends=step_ends,
-                     population_names=[pop.name for pop in pops])
+    readout = saved["results"].astype(np.int64).reshape(B, *net.readout.shape)
+    return SpikeRecord(spikes=spikes, readout=readout, source=SOURCE, population_names=[pop.name for pop in pops],
+                       cycles=[int(c) for c in saved["cycles"]], sim_cycles=int(saved["sim_cycles"]),
+                       step_ends=step_ends)

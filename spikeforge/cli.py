@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from spikeforge import netimage
+from spikeforge.allocator import malloc_cache, use_huge_pages
 
 DATASETS = ("mnist", "fashion-mnist")
 BACKENDS = ("torch", "int", "rtl", "fpga")
@@ -69,7 +70,7 @@ def cmd_inspect(args) -> int:
 def cmd_run(args) -> int:
     images, labels = _test_images(args.dataset, args.images, args.data_dir)
     if args.backend == "torch":
-        from spikeforge.sw.train import evaluate_checkpoint
+        from spikeforge.sw.models import evaluate_checkpoint
 
         if not str(args.model).endswith(".pt"):
             raise CliError(f"--backend torch runs the trained PyTorch model: give its checkpoint (.pt), "
@@ -88,7 +89,7 @@ def cmd_run(args) -> int:
     ref = reference.run(net, images, T)
     ref_s = time.perf_counter() - started
     if args.backend == "int":
-        accuracy = float((ref.prediction.numpy() == labels).mean())
+        accuracy = float((ref.prediction == labels).mean())
         print(f"int (reference) accuracy: {accuracy * 100:.2f}% on {len(labels)} {args.dataset} test images, "
               f"T={T}, {ref_s:.1f} s")
         _print_counts(net, ref.spike_counts(), len(labels), T)
@@ -97,16 +98,16 @@ def cmd_run(args) -> int:
     if args.backend == "fpga":
         return _run_fpga(args, net, images, labels, ref)
 
-    from spikeforge.sim.compare import first_mismatch
+    from spikeforge.record import first_mismatch
     from spikeforge.sim.rtl import run_rtl
 
     rtl = run_rtl(net, images, time_steps=T, build_dir=args.build_dir, waves=args.waves)
-    accuracy = float((rtl.readout.flatten(1).argmax(1).numpy() == labels).mean())
+    accuracy = float((rtl.prediction == labels).mean())
     cycles = list(rtl.cycles)
     print(f"rtl (Icarus) accuracy: {accuracy * 100:.2f}% on {len(labels)} {args.dataset} test images, T={T}, "
           f"{rtl.wall_s:.1f} s")
     print(f"cycles per image: mean {sum(cycles) / len(cycles):.0f}, min {min(cycles)}, max {max(cycles)}")
-    _print_counts(net, [None if s is None else int(s.sum()) for s in rtl.spikes], len(labels), T)
+    _print_counts(net, rtl.spike_counts(), len(labels), T)
     mismatch = first_mismatch(ref, rtl)
     if mismatch:
         print(f"RTL DIFFERS from the integer reference: {mismatch}")
@@ -133,7 +134,7 @@ def _run_fpga(args, net, images, labels, ref) -> int:
     accuracy = float((readouts.reshape(len(labels), -1).argmax(1) == labels).mean())
     print(f"fpga accuracy: {accuracy * 100:.2f}% on {len(labels)} {args.dataset} test images; cycles per image: "
           f"mean {sum(cycles) / len(cycles):.0f}")
-    differ = np.flatnonzero((readouts.reshape(len(labels), -1) != ref.readout.flatten(1).numpy()).any(1))
+    differ = np.flatnonzero((readouts.reshape(len(labels), -1) != ref.readout.reshape(len(labels), -1)).any(1))
     if len(differ):
         print(f"the board's readout DIFFERS from the integer reference on {len(differ)} images, first: image "
               f"{differ[0]}")
@@ -254,18 +255,22 @@ DELEGATED = {"gradflow": "spikeforge.sw.gradflow", "train": "spikeforge.sw.train
 
 
 # subcommands whose torch / integer-reference work on [T*B, C, H, W] tensors runs in glibc's malloc cache
-# (sw.train.malloc_cache: no page-faulted mmap per large tensor; export measured 3x faster); train has its own
-# --malloc-cache option
+# (spikeforge.allocator.malloc_cache: no page-faulted mmap per large tensor; export measured 3x faster); train has
+# its own --malloc-cache option
 CACHED = {"export", "results", "run"}
+# subcommands that run torch: PyTorch's tensors of 2 MiB and more go on huge pages (spikeforge.allocator
+# .use_huge_pages, "auto": unless THP_MEM_ALLOC_ENABLE is set), set before torch allocates anything; train applies
+# its own --huge-pages option
+HUGE_PAGES = {"export", "results", "run", "gradflow", "demo"}
 
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         cache = contextlib.nullcontext()
+        if argv[:1] and argv[0] in HUGE_PAGES:
+            use_huge_pages("auto")
         if argv[:1] and argv[0] in CACHED:
-            from spikeforge.sw.train import malloc_cache
-
             cache = malloc_cache(True)
         with cache:
             if argv[:1] and argv[0] in DELEGATED:

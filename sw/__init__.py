@@ -1,11 +1,18 @@
-"""spikeforge.sw: training, folding and export of spiking networks (PyTorch)."""
+"""spikeforge.sw: training, folding and export of spiking networks (PyTorch), and the integer reference.
 
-import os
+A map, from the neuron up (each module imports only the ones above it):
 
-# PyTorch's CPU allocator puts tensors of 2 MiB and more on transparent huge pages when THP_MEM_ALLOC_ENABLE=1. It
-# reads the variable once, at its first such allocation, so it is set here, when spikeforge's training code is
-# imported (no effect if the process allocated a large tensor before). Training allocates many large short-lived
-# tensors (a full-width ResNet-18 layer's [T*B, C, H, W] is 80 MiB); glibc maps each one afresh and the kernel
-# faults it in 4 KiB at a time: a fresh 80 MiB tensor cost 19 ms more to fill than a reused one, 5 ms with huge
-# pages (2026-12-04, Zen 4 EPYC VM, THP in "madvise" mode). To opt out, set THP_MEM_ALLOC_ENABLE=0 before the import.
-os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+- the neuron: ``neuron`` (LIF, surrogate gradients), ``kernels`` (compiled kernels shared by the hand-written
+  autograd nodes), ``fused`` (the LIF, and BN + LIF, as one autograd node over all T steps);
+- convolutions and normalization: ``event_conv`` (the event-driven C++ kernels), ``spike_conv`` (convs whose input
+  is spikes), ``folding`` (BN into integer thresholds and biases), ``bn`` (the BN kinds of the paper);
+- models: ``model`` (the chain), ``resnet`` and ``resnet_fold`` (spiking ResNets), ``config`` (TrainConfig),
+  ``models`` (the model a config or a checkpoint names);
+- data: ``data`` (MNIST-style IDX sets), ``vision_data`` (CIFAR, Imagenette);
+- deployment: ``reference`` (docs/semantics.md in PyTorch), ``export`` (model -> network file);
+- training: ``gradflow`` (surrogate width vs gradient flow), ``train`` (the schedule, ``spikeforge train``),
+  ``results`` (docs/results.md from finished runs).
+
+Importing it changes nothing process-wide: the allocator options are ``spikeforge train --huge-pages`` and
+``--malloc-cache`` (spikeforge.allocator).
+"""

@@ -11,7 +11,7 @@ on first use with torch.utils.cpp_extension (a C++ compiler and ninja are needed
 Results equal ``F.conv2d`` and its gradients up to float rounding (sums in another order). Where the kernels do not
 apply (not CPU, not float32, autocast, fewer than MIN_CHANNELS (64) or a non-multiple of 8 output channels,
 NCHW input, unequal strides or paddings, kernels over 8 x 8), the conv runs as
-:class:`~spikeforge.sw.fused.SpikeConv2dFunction` does. Measured speed: docs/benchmarks.md ("Event-driven
+:class:`~spikeforge.sw.spike_conv.SpikeConv2dFunction` does. Measured speed: docs/benchmarks.md ("Event-driven
 convolutions")."""
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ class EventConvUnavailable(RuntimeError):
 
 
 @functools.cache
-def _extension():
+def extension():
+    """The compiled kernels (built on first call, cached); :class:`EventConvUnavailable` says why they cannot be."""
     capability = torch.backends.cpu.get_cpu_capability()
     if capability not in ("AVX2", "AVX512"):
         raise EventConvUnavailable(f"the event-driven convs need an AVX2 CPU, and torch reports {capability!r}; "
@@ -48,7 +49,7 @@ def _extension():
 def available() -> bool:
     """Whether the kernels can run here (builds them on first call)."""
     try:
-        _extension()
+        extension()
     except EventConvUnavailable:
         return False
     return True
@@ -78,7 +79,7 @@ class EventConv2dFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, stride, padding):
-        ext = _extension()
+        ext = extension()
         nhwc = x.detach().permute(0, 2, 3, 1)  # the channels_last memory, as a contiguous [N, H, W, C]
         offsets, channels = ext.events(nhwc)
         out = ext.forward(offsets, channels, list(nhwc.shape), _packed(weight.detach()), weight.shape[0], stride[0],
@@ -99,7 +100,7 @@ class EventConv2dFunction(torch.autograd.Function):
                 [True, False, False])[0]
         if ctx.needs_input_grad[1]:
             n, c, h, w = ctx.in_shape
-            packed = _extension().weight_grad(offsets, channels, [n, h, w, c], grad.permute(0, 2, 3, 1),
+            packed = extension().weight_grad(offsets, channels, [n, h, w, c], grad.permute(0, 2, 3, 1),
                                               weight.shape[2], ctx.stride[0], ctx.padding[0])
             layout = torch.channels_last if weight.is_contiguous(memory_format=torch.channels_last) \
                 else torch.contiguous_format

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from .kernels import compiled as compiled_kernel
+
 __all__ = ["bn_affine", "fold_channels", "zero_scale_threshold", "round_ste", "integer_current", "start_half_up",
            "ZERO_SCALE_DEFAULT_THRESHOLD"]
 
@@ -72,9 +74,7 @@ def integer_current(out: torch.Tensor, sign: torch.Tensor, unit: torch.Tensor, b
     the same operations in the same order, so the same values (gradients up to float rounding)."""
     args = (out, sign, unit, bias, theta, float(threshold), extra, extra_scale)
     if compiled and not torch.compiler.is_compiling():  # a whole-model torch.compile traces the eager form
-        from .fused import _compiled
-
-        return _compiled("integer_current")(*args)
+        return compiled_kernel(_integer_current)(*args)
     return _integer_current(*args)
 
 

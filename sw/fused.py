@@ -10,10 +10,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .bn import SharedBN
+from .kernels import accumulable, compiled as compiled_kernel
 from .neuron import LIF, Surrogate, membrane_dtype as _compute_dtype
 
-__all__ = ["lif_forward", "FusedLIFFunction", "FusedLIF", "fused_lif_neuron", "SpikeConv2dFunction",
-           "spike_input_convs", "onednn_weight_grad_hangs", "onednn_hang_conv", "BNLIFFunction", "can_fuse_bn",
+__all__ = ["lif_forward", "FusedLIFFunction", "FusedLIF", "fused_lif_neuron", "BNLIFFunction", "can_fuse_bn",
            "bn_lif"]
 
 
@@ -143,16 +144,6 @@ def _unrows(rows: torch.Tensor, shape: torch.Size, channels_last: bool) -> torch
     return rows.view(shape)
 
 
-def _accumulable(grad: torch.Tensor) -> torch.Tensor:
-    """A gradient a backward returns, as a tensor autograd may add the block's other gradient into in place. The
-    engine sums two gradients of one tensor in place only if it holds the last reference to the first one and to its
-    storage; a view (``_unrows``' permute, a reshape) keeps its base alive, so every residual join's two gradients
-    were summed into a fresh [T, B, C, H, W] tensor (~0.35 s of a 10 s full-width benchmark step, 2026-12-04).
-    ``detach()`` gives the same memory without the view's hold on its base. Not under create_graph, where the
-    gradient must stay in the graph."""
-    return grad if torch.is_grad_enabled() else grad.detach()
-
-
 def _steps_channels_last(x: torch.Tensor) -> bool:
     step = x[0]
     return x.ndim == 5 and step.is_contiguous(memory_format=torch.channels_last) and not step.is_contiguous()
@@ -242,41 +233,6 @@ def _widen(x: torch.Tensor | None) -> torch.Tensor | None:
     return x
 
 
-_COMPILED: dict[str, object] = {}
-# Each kernel is specialized (one compilation each) on T (the loop is unrolled), the current's rank and layout (an
-# expanded first-layer current has stride 0 over T), the neuron's constants and the surrogate: a process that trains
-# several configurations (a test session, a sweep) needs more than dynamo's default 8 versions of a kernel, and with
-# fullgraph=True running out is an error, not a fallback. The higher limit applies to these kernels only. Since BN's
-# backward (reductions) runs inside the backward kernel, Inductor also guards on the sizes its reduction plan depends
-# on (e.g. rows <= 4096), and the full test session passed 64 versions of it (2026-12-04): hence 256.
-RECOMPILE_LIMIT = 256
-
-
-def _compiled(name: str):
-    """torch.compile of a kernel above, made on first use (compiling takes seconds; eager users never pay it)."""
-    if name not in _COMPILED:
-        from .folding import _integer_current
-
-        kernels = {"forward": _forward_kernel, "backward": _backward_kernel,
-                   "bn_forward": _bn_lif_forward_kernel, "bn_backward": _bn_lif_backward_kernel,
-                   "integer_current": _integer_current}
-        kernel = torch.compile(kernels[name], dynamic=True, fullgraph=True)
-
-        def run(*args):
-            # the limit raised around the call, as config.patch(recompile_limit=...) would, but set and restored
-            # by hand: patch() cost ~45 us per call (~35 calls per training step), this ~10 us (2026-12-04)
-            config = torch._dynamo.config
-            limit = config.recompile_limit
-            config.recompile_limit = max(limit, RECOMPILE_LIMIT)
-            try:
-                return kernel(*args)
-            finally:
-                config.recompile_limit = limit
-
-        _COMPILED[name] = run
-    return _COMPILED[name]
-
-
 class FusedLIFFunction(torch.autograd.Function):
     """``apply(current, surrogate, threshold, leak_shift, detach_reset, temporal_window, membrane_dtype)``.
 
@@ -298,8 +254,8 @@ class FusedLIFFunction(torch.autograd.Function):
         compute = _compute_dtype(current.dtype)
         if compiled:  # on the flat steps (see _rows), returned in the current's shape and layout
             channels_last = _steps_channels_last(current)
-            spikes, membranes = _compiled("forward")(_rows(_widen(current), channels_last).flatten(1), threshold,
-                                                     leak_shift, membrane_dtype or compute, compute)
+            spikes, membranes = compiled_kernel(_forward_kernel)(_rows(_widen(current), channels_last).flatten(1),
+                                                          threshold, leak_shift, membrane_dtype or compute, compute)
             spikes = _unrows(spikes.to(current.dtype), current.shape, channels_last)
             membranes = _unrows(membranes, current.shape, channels_last)
         else:
@@ -325,9 +281,9 @@ class FusedLIFFunction(torch.autograd.Function):
 
         if ctx.compiled and window != 1:
             channels_last = _steps_channels_last(membranes)
-            grad_current = _compiled("backward")(_rows(_widen(grad_spikes), channels_last).flatten(1),
-                                                 _rows(membranes, channels_last).flatten(1), surrogate, theta,
-                                                 ctx.leak_shift, ctx.detach_reset, window, ctx.dtype)
+            grad_current = compiled_kernel(_backward_kernel)(_rows(_widen(grad_spikes), channels_last).flatten(1),
+                                                      _rows(membranes, channels_last).flatten(1), surrogate, theta,
+                                                      ctx.leak_shift, ctx.detach_reset, window, ctx.dtype)
             grad_current = _unrows(grad_current, membranes.shape, channels_last)
             return grad_current.to(ctx.current_dtype), None, None, None, None, None, None, None
         slope = slope(slice(None))  # all steps at once: a few large vectorized passes
@@ -461,9 +417,9 @@ class BNLIFFunction(torch.autograd.Function):
     def forward(ctx, y, gamma, beta, extra, extra_binary, eps, scale, neuron):
         compute, channels_last = _compute_dtype(y.dtype), _steps_channels_last(y)
         extra = None if extra is None else _rows(extra, channels_last)
-        spikes, fired, mean, var = _compiled("bn_forward")(_rows(_widen(y), channels_last), gamma, beta, _widen(extra),
-                                                           eps, scale, neuron.threshold, neuron.leak_shift,
-                                                           channels_last, compute)
+        spikes, fired, mean, var = compiled_kernel(_bn_lif_forward_kernel)(
+            _rows(_widen(y), channels_last), gamma, beta, _widen(extra), eps, scale, neuron.threshold,
+            neuron.leak_shift, channels_last, compute)
         spikes = spikes.to(y.dtype)
         # 0/1 saved as uint8, not bool: Inductor's CPU kernels load bool through a slow mask path (the backward
         # took 65 ms instead of 34 ms for a [10, 32768, 64] node with an identity shortcut, 2026-12-04)
@@ -478,22 +434,21 @@ class BNLIFFunction(torch.autograd.Function):
     def backward(ctx, grad_spikes, _grad_mean, _grad_var):
         y, fired, extra, gamma, beta, mean, var = ctx.saved_tensors
         n, channels_last = ctx.neuron, ctx.channels_last
-        grad_y, grad_weight, grad_beta, grad_current = _compiled("bn_backward")(
+        grad_y, grad_weight, grad_beta, grad_current = compiled_kernel(_bn_lif_backward_kernel)(
             _rows(_widen(grad_spikes), channels_last), _rows(_widen(y), channels_last), fired, _widen(extra), gamma,
             beta, mean, var,
             ctx.eps, ctx.scale, n.surrogate, n.threshold, n.leak_shift, n.detach_reset, n.temporal_window,
             channels_last, ctx.compute, ctx.extra_dtype)
         # (the casts are no-ops but where _widen gave the kernel a float32 copy of a 16-bit CUDA tensor)
         grad_extra = None if ctx.extra_dtype is None else \
-            _accumulable(_unrows(grad_current, y.shape, channels_last).to(ctx.extra_dtype))
+            accumulable(_unrows(grad_current, y.shape, channels_last).to(ctx.extra_dtype))
         return (_unrows(grad_y, y.shape, channels_last).to(y.dtype), grad_weight.to(gamma.dtype),
                 grad_beta.to(beta.dtype), grad_extra, None, None, None, None)
 
 
 def _plain_bn(bn: nn.Module):
     """The BatchNorm2d inside a SharedBN / TdBN that the fused node can replace, or None."""
-    from .bn import SharedBN  # TdBN is a SharedBN with a scale
-    norm = getattr(bn, "norm", None)
+    norm = getattr(bn, "norm", None)  # TdBN is a SharedBN with a scale
     if not isinstance(bn, SharedBN) or type(norm) is not nn.BatchNorm2d:
         return None
     if not (norm.training and norm.affine and norm.track_running_stats):
@@ -526,116 +481,3 @@ def bn_lif(bn: nn.Module, neuron: FusedLIF, y: torch.Tensor, extra: torch.Tensor
         norm.running_mean.lerp_(mean.to(norm.running_mean.dtype), factor)
         norm.running_var.lerp_((var * (count / max(count - 1, 1))).to(norm.running_var.dtype), factor)
     return spikes
-
-
-def onednn_weight_grad_hangs(in_channels: int, kernel_size, stride) -> bool:
-    """oneDNN in torch 2.13's CPU build (seen on AVX2 EPYCs) hangs, or corrupts the heap, computing the weight
-    gradient of a 1x1 stride-2 conv in channels_last with few input channels (a narrow ResNet's downsample
-    shortcut): 3, 4 or 6 at once, 1 and 2 after a few to a few tens of steps (2026-12-04). True for the shapes to keep
-    in NCHW (all below 8 input channels), where every operand must have NCHW's own strides (``_nchw``). Whole-model
-    torch.compile avoids it by turning off Inductor's channels_last layout choice on CPU."""
-    return tuple(kernel_size) == (1, 1) and tuple(stride) != (1, 1) and in_channels < 8
-
-
-def onednn_hang_conv(model: nn.Module) -> str | None:
-    """The name of ``model``'s first conv with the shape of :func:`onednn_weight_grad_hangs`, or None."""
-    return next((name for name, m in model.named_modules() if isinstance(m, nn.Conv2d)
-                 and onednn_weight_grad_hangs(m.in_channels, m.kernel_size, m.stride)), None)
-
-
-def _nchw(t: torch.Tensor) -> torch.Tensor:
-    """``t`` with NCHW's own (row-major) strides. ``.contiguous()`` is not enough for oneDNN's layout choice: a
-    tensor with a size-1 dimension (a 1x1 weight, a 1-channel input) counts as contiguous in both layouts and keeps
-    strides that oneDNN reads as channels_last, and an expanded output gradient has zero strides."""
-    stride, strides = 1, []
-    for size in reversed(t.shape):
-        strides.append(stride)
-        stride *= max(size, 1)
-    return t if t.stride() == tuple(reversed(strides)) else t.clone(memory_format=torch.contiguous_format)
-
-
-class SpikeConv2dFunction(torch.autograd.Function):
-    """conv2d whose input is known to be binary spikes: saved for the weight gradient as bool (1 byte instead of
-    4) and turned back into float, exactly, in backward (16-bit spikes in the conv's own dtype are saved as they
-    are). ``apply(x, weight, stride, padding)``, no bias.
-
-    Under autocast (``torch.autocast(device, dtype)``) it computes like autocast's own conv2d: input, weight and
-    (in backward) the output gradient in the autocast dtype; the gradients go back in the input's and the
-    weight's own dtypes."""
-
-    @staticmethod
-    def forward(ctx, x, weight, stride, padding):
-        device = x.device.type
-        dtype = torch.promote_types(x.dtype, weight.dtype)
-        if torch.is_autocast_enabled(device) and dtype != torch.float64:  # autocast leaves float64 alone
-            dtype = torch.get_autocast_dtype(device)
-        # spikes already in the conv's 16-bit dtype (bf16 autocast: the fused node's spikes are bf16) are saved as
-        # they are: bool and back cost two passes for one byte (2 x ~3 ms per [320, 16, 32, 32] input, 2026-12-04)
-        as_is = x.dtype == dtype and x.dtype in (torch.bfloat16, torch.float16)
-        ctx.save_for_backward(x.to(torch.bool) if not as_is and (x.requires_grad or weight.requires_grad) else x,
-                              weight)
-        ctx.dtype, ctx.x_dtype, ctx.stride, ctx.padding = dtype, x.dtype, stride, padding
-        ctx.channels_last = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) \
-            and not x.is_contiguous()
-        with torch.autocast(device, enabled=False):
-            return torch.nn.functional.conv2d(x.to(dtype), weight.to(dtype), None, stride, padding)
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        packed, weight = ctx.saved_tensors
-        x = packed.to(ctx.dtype)
-        if ctx.channels_last and not onednn_weight_grad_hangs(x.shape[1], weight.shape[2:], ctx.stride):
-            x = x.contiguous(memory_format=torch.channels_last)
-        else:  # NCHW: any operand with channels_last-looking strides can still send oneDNN into that kernel
-            x, grad_out, weight = _nchw(x), _nchw(grad_out), _nchw(weight)
-        grad_x, grad_w, _ = torch.ops.aten.convolution_backward(
-            grad_out.to(ctx.dtype), x, weight.to(ctx.dtype), None, list(ctx.stride), list(ctx.padding), [1, 1],
-            False, [0, 0], 1, [ctx.needs_input_grad[0], ctx.needs_input_grad[1], False])
-        return (None if grad_x is None else grad_x.to(ctx.x_dtype),
-                None if grad_w is None else grad_w.to(weight.dtype), None, None)
-
-
-class _SpikeInputConv2d(nn.Conv2d):
-    """An nn.Conv2d (same parameters and state dict) whose training forward saves its binary input as bool."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.bias is not None or self.groups != 1 or self.dilation != (1, 1) or self.padding_mode != "zeros" \
-                or not torch.is_grad_enabled() or isinstance(self.padding, str) or torch.compiler.is_compiling():
-            return super().forward(x)  # (whole-model torch.compile: 1.10 s instead of 1.32 s per bench step)
-        return SpikeConv2dFunction.apply(x, self.weight, self.stride, self.padding)
-
-
-class _EventInputConv2d(_SpikeInputConv2d):
-    """A :class:`_SpikeInputConv2d` whose training forward and weight gradient are event-driven where the kernels
-    apply (sw/event_conv.py); elsewhere it is the bool-saving conv."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from . import event_conv
-
-        if self.bias is None and self.groups == 1 and self.dilation == (1, 1) and self.padding_mode == "zeros" \
-                and torch.is_grad_enabled() and not isinstance(self.padding, str) \
-                and not torch.compiler.is_compiling() and event_conv.applies(x, self.weight, self.stride, self.padding):
-            return event_conv.EventConv2dFunction.apply(x, self.weight, self.stride, self.padding)
-        return super().forward(x)
-
-
-def spike_input_convs(model: nn.Module, *, skip: tuple[str, ...] = ("stem",), events: bool = False) -> nn.Module:
-    """Make every plain ``nn.Conv2d`` of a spiking model (all but the modules named in ``skip``, whose input is the
-    graded image) save its input as bool for backward; parameters, state dict and results are unchanged. With
-    ``events=True`` (CPU training, channels_last, float32) their forward and weight gradient are also event-driven
-    (sw/event_conv.py: cost ~ spikes, not neurons; results equal up to float summation order); the kernels are
-    built here, and :class:`~spikeforge.sw.event_conv.EventConvUnavailable` says why when they cannot be.
-
-    Only valid where each such conv's input is spikes (0/1): true of every hidden conv of
-    :class:`~spikeforge.sw.resnet.SpikingResNet`. Returns ``model``.
-    """
-    if events:
-        from .event_conv import _extension
-
-        _extension()
-    cls = _EventInputConv2d if events else _SpikeInputConv2d
-    for name, module in model.named_modules():
-        if type(module) in (nn.Conv2d, _SpikeInputConv2d, _EventInputConv2d) \
-                and not any(name == s or name.startswith(s + ".") for s in skip):
-            module.__class__ = cls
-    return model

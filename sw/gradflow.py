@@ -8,6 +8,7 @@ records every weight layer's gradient norm and, per time step, every spiking neu
 
 from __future__ import annotations
 
+import argparse
 import math
 import time
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ import torch
 from torch import nn
 
 from .neuron import Surrogate, make_surrogate
+from .resnet import RESNETS, lif_neuron
 
 __all__ = ["GradRow", "NeuronRow", "GradFlowTable", "PeakNormalized", "measure", "auto_width", "plot", "main",
            "NORMALIZATIONS"]
@@ -249,12 +251,8 @@ def plot(table: GradFlowTable, path, title: str = "") -> None:
     plt.close(fig)
 
 
-def build_parser():
+def build_parser() -> argparse.ArgumentParser:
     """The parser of ``spikeforge gradflow``."""
-    import argparse
-
-    from .resnet import RESNETS
-
     p = argparse.ArgumentParser(prog="spikeforge gradflow",
                                 description="Gradient norms vs depth at initialization for several surrogate widths.")
     p.add_argument("--model", default="resnet50", choices=sorted(RESNETS))
@@ -278,8 +276,6 @@ def build_parser():
 
 def main(argv=None) -> GradFlowTable:
     """``spikeforge gradflow --model resnet50 --time-steps 10 --batch 2 --widths 0.1,0.3,1,3,10 --png FILE``."""
-    from .resnet import RESNETS, lif_neuron
-
     args = build_parser().parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("spikeforge gradflow: --device cuda was asked for but torch sees no CUDA device; "

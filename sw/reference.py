@@ -2,32 +2,25 @@
 
 This is the deployed network's meaning, the "deploy mode" of every trained model and the oracle every hardware
 test compares against. It computes on float64 tensors holding integers: the loader proves every partial sum fits
-``acc_bits`` (at most 48 bits), far inside float64's exact range (2^53), so every operation here is exact.
+``acc_bits`` (at most 48 bits), far inside float64's exact range (2^53), so every operation here is exact. The
+result is a :class:`spikeforge.record.SpikeRecord` (numpy), the type every hardware backend returns too.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from spikeforge.netimage import Network, Population, Projection, signed_range
+from spikeforge.record import SpikeRecord
 
+__all__ = ["run", "leak", "projection_current", "per_channel", "Observer"]
 
-@dataclass
-class ReferenceResult:
-    """``spikes[p]`` is a uint8 tensor [T, B, *shape] for every lif population p (None for input and readout);
-    ``readout`` is the int64 readout potential V after the last step, [B, *shape]; ``prediction`` its argmax
-    (lowest index on ties)."""
-
-    spikes: list[torch.Tensor | None]
-    readout: torch.Tensor
-    prediction: torch.Tensor
-
-    def spike_counts(self) -> list[int | None]:
-        return [None if s is None else int(s.sum()) for s in self.spikes]
+# run()'s hook: called as observe(step, population index, leak(V) + I before the clamp [B, *shape] float64)
+Observer = Callable[[int, int, torch.Tensor], None]
 
 
 def leak(v: torch.Tensor, shift: int | None) -> torch.Tensor:
@@ -51,8 +44,13 @@ def per_channel(values: np.ndarray, pop: Population) -> torch.Tensor:
     return t.reshape(-1, 1, 1) if len(pop.shape) == 3 else t
 
 
-def run(net: Network, images, time_steps: int | None = None, record: bool = True) -> ReferenceResult:
-    """Run the integer semantics on a batch of images (uint8-valued, [B, C, H, W]) for T time steps."""
+def run(net: Network, images, time_steps: int | None = None, record: bool = True,
+        observe: Observer | None = None) -> SpikeRecord:
+    """Run the integer semantics on a batch of images (uint8-valued, [B, C, H, W]) for T time steps.
+
+    ``record=False`` keeps no spike rasters (the readout only). ``observe``, when given, sees every population's
+    potential leak(V) + I of every step before the clamp, for tools that measure the arithmetic (the exporter's
+    membrane statistics) without a second copy of this loop."""
     T = net.time_steps if time_steps is None else time_steps
     pops = net.populations
     x0 = torch.as_tensor(np.asarray(images), dtype=torch.float64)
@@ -80,7 +78,10 @@ def run(net: Network, images, time_steps: int | None = None, record: bool = True
                 if proj.source != 0:
                     current = current + projection_current(proj, out[proj.source], pop)
             vlo, vhi = signed_range(pop.vbits)
-            v[i] = torch.clamp(leak(v[i], pop.leak_shift) + current, vlo, vhi)
+            potential = leak(v[i], pop.leak_shift) + current
+            if observe is not None:
+                observe(t, i, potential)
+            v[i] = torch.clamp(potential, vlo, vhi)
             if pop.kind == "lif":
                 theta = per_channel(pop.threshold, pop)
                 fired = v[i] >= theta
@@ -88,6 +89,6 @@ def run(net: Network, images, time_steps: int | None = None, record: bool = True
                 out[i] = fired.to(torch.float64)
                 if record:
                     spikes[i][t] = fired
-    readout = v[-1].to(torch.int64)
-    prediction = readout.flatten(1).argmax(dim=1)  # torch returns the first maximal index
-    return ReferenceResult(spikes=spikes, readout=readout, prediction=prediction)
+    return SpikeRecord(spikes=[None if s is None else s.numpy() for s in spikes],
+                       readout=v[-1].to(torch.int64).numpy(), source="reference",
+                       population_names=[pop.name for pop in pops])

@@ -17,7 +17,8 @@ from torch.nn import functional as F
 
 from .bn import BNTT, make_bn
 from .folding import integer_current, round_ste, start_half_up
-from .fused import _accumulable, bn_lif, can_fuse_bn
+from .fused import bn_lif, can_fuse_bn
+from .kernels import accumulable
 from .model import PIXEL_MAX, weight_scale
 from .neuron import LIF, Surrogate
 from .resnet_fold import fold_population
@@ -83,7 +84,7 @@ def over_time(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 class _FoldTime(torch.autograd.Function):
     """``x.flatten(0, 1)`` whose backward returns the unfolded gradient in a form autograd can add another gradient
-    of ``x`` into in place (fused._accumulable): a downsampling block's input feeds two convs (the main path and the
+    of ``x`` into in place (kernels.accumulable): a downsampling block's input feeds two convs (the main path and the
     shortcut), and a plain flatten's gradient is a view, which made the engine sum the two into a fresh tensor."""
 
     @staticmethod
@@ -93,7 +94,7 @@ class _FoldTime(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        return _accumulable(grad.reshape(ctx.shape))
+        return accumulable(grad.reshape(ctx.shape))
 
 
 class ConvBN(nn.Module):

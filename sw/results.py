@@ -25,6 +25,13 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
+
+from spikeforge import netimage
+
+from .config import TrainConfig
+from .data import load_dataset
+from .export import deployed_accuracy
 
 __all__ = ["ResultsError", "load_runs", "archive_runs", "train_command", "accuracy_vs_t", "plot_accuracy_vs_t",
            "render", "main", "TARGETS", "STRETCH"]
@@ -81,8 +88,6 @@ def archive_runs(runs: list[dict], folders, directory) -> list[Path]:
 def train_command(config: dict) -> str:
     """The ``spikeforge train`` command line that reproduces ``config`` (flags for the fields that differ from the
     default schedule)."""
-    from .train import TrainConfig
-
     default = TrainConfig()
     flags = []
     for f in dataclasses.fields(TrainConfig):
@@ -96,10 +101,6 @@ def train_command(config: dict) -> str:
 
 def accuracy_vs_t(net, images, labels, steps=range(1, 11), progress: bool = True) -> list[float]:
     """Deployed integer accuracy of ``net`` (spikeforge.sw.reference) when run for each T in ``steps``."""
-    from tqdm import tqdm
-
-    from .export import deployed_accuracy
-
     return [deployed_accuracy(net, images, labels, T) for T in tqdm(list(steps), desc="accuracy vs T",
                                                                       disable=not progress)]
 
@@ -242,10 +243,6 @@ def main(argv=None) -> str:
         run = load_runs([args.accuracy_vs_t])[0]
         sfnet = Path(args.accuracy_vs_t) / "network.sfnet"
         if sfnet.is_file():
-            from spikeforge import netimage
-
-            from .data import load_dataset
-
             x, y = load_dataset(run["config"]["dataset"], "test", args.data_dir or run["config"].get("data_dir"))
             x, y = x[:args.images], y[:args.images]
             steps = list(range(1, 11))

@@ -6,10 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from spikeforge.hw.simulate import rtl_run
-from spikeforge.netgen import random_network, random_residual_network
+from spikeforge.hw.testing import simulate
 from spikeforge.netimage import Network, required_acc_bits, signed_range, validate
+from spikeforge.record import first_mismatch
 from spikeforge.sw import reference
+from spikeforge.testing import random_network, random_residual_network
 
 
 def make_net(seed: int, layers, input_shape=(1, 6, 6), time_steps: int = 4, edit=None, **kwargs) -> Network:
@@ -37,33 +38,21 @@ def legalize(net: Network, edit=None) -> Network:
 
 
 def assert_rtl_matches_reference(net: Network, images, time_steps: int | None = None, **kwargs):
-    """rtl_run(case) == reference.run(case): every spike of every lif population at every step, and the readout.
-
-    A mismatch names the population, the image, the step and the neuron.
+    """simulate(case) == reference.run(case): every spike of every lif population at every step, and the readout
+    (spikeforge.record's comparator: a mismatch names the population, the image, the step and the neuron); and
+    every spike event the hardware emitted belongs to one of those spikes (none duplicated, none after the last
+    image).
     """
     T = net.time_steps if time_steps is None else time_steps
-    rtl = rtl_run(net, images, T, **kwargs)
+    rtl = simulate(net, images, T, **kwargs)
     ref = reference.run(net, images, T)
+    mismatch = first_mismatch(ref, rtl, net)
+    if mismatch:
+        pytest.fail(mismatch)
     for p, ref_spikes in enumerate(ref.spikes):
-        if ref_spikes is None:
-            continue
-        pop = net.populations[p]
-        want = ref_spikes.numpy().reshape(T, len(images), -1)
-        got = rtl.spikes[p].reshape(T, len(images), -1)
-        bad = np.argwhere(want != got)
-        if bad.size:
-            t, b, n = bad[0]
-            pytest.fail(f"population {p} ('{pop.name}'), image {b}, step {t}, neuron {n}: the reference "
-                        f"{'fires' if want[t, b, n] else 'does not fire'}, the RTL "
-                        f"{'fires' if got[t, b, n] else 'does not'} ({len(bad)} mismatches in all)")
-        emitted = sum(1 for e in rtl.events if e[1] == p)
-        assert emitted == int(want.sum()), (f"population {p} ('{pop.name}') emitted {emitted} spike events for "
-                                            f"{int(want.sum())} spikes (an event was duplicated or dropped)")
-    want = ref.readout.numpy().reshape(len(images), -1)
-    got = rtl.readout.reshape(len(images), -1)
-    bad = np.argwhere(want != got)
-    if bad.size:
-        b, n = bad[0]
-        pytest.fail(f"readout population {len(net.populations) - 1}, image {b}, after step {T - 1}, neuron {n}: "
-                    f"reference V={want[b, n]}, RTL V={got[b, n]} ({len(bad)} mismatches in all)")
+        if ref_spikes is not None:
+            emitted = sum(1 for e in rtl.events if e[1] == p)
+            assert emitted == int(ref_spikes.sum()), (
+                f"population {p} ('{net.populations[p].name}') emitted {emitted} spike events for "
+                f"{int(ref_spikes.sum())} spikes (an event was duplicated or dropped)")
     return rtl, ref

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from spikeforge.hw.bitstream import BitstreamError, build, memory_precheck, parse_nextpnr_log
-from spikeforge.netgen import random_network
+from spikeforge.testing import random_network
 
 
 def test_small_network_builds_an_ice40_bitstream(tmp_path):

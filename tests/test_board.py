@@ -14,8 +14,8 @@ from amaranth.sim import Simulator
 
 from spikeforge.host import decode_reply, encode_request, reply_length
 from spikeforge.hw.board import BoardCore, BoardTop
-from spikeforge.hw.simulate import rtl_run
-from spikeforge.netgen import random_images, random_network
+from spikeforge.hw.testing import simulate
+from spikeforge.testing import random_images, random_network
 from spikeforge.netimage import required_acc_bits, validate
 from spikeforge.sw.reference import run as reference_run
 from test_uart import receive_byte, send_byte
@@ -62,10 +62,10 @@ def test_board_end_to_end_matches_reference():
     got = board_run(net, images, T)
     # the board buffers all results, so the accelerator never sees back-pressure: its cycle count must equal
     # that of the bare accelerator with results always ready
-    bare_cycles = rtl_run(net, images, T).cycles
+    bare_cycles = simulate(net, images, T).cycles
     assert len(got) == len(images)
     for b, (readout, cycles) in enumerate(got):
-        np.testing.assert_array_equal(readout, ref.readout[b].numpy().reshape(-1),
+        np.testing.assert_array_equal(readout, ref.readout[b].reshape(-1),
                                       err_msg=f"image {b}: readout over the UART differs from the reference")
         assert cycles == bare_cycles[b], f"image {b}: cycles {cycles} over the UART, {bare_cycles[b]} bare"
 
@@ -84,7 +84,7 @@ def test_board_with_wide_pixels_takes_two_bytes_per_pixel():
     ref = reference_run(net, images, T)
     assert sum(ref.spike_counts()[1:-1]) > 0
     for b, (readout, _) in enumerate(board_run(net, images, T)):
-        np.testing.assert_array_equal(readout, ref.readout[b].numpy().reshape(-1), err_msg=f"image {b}")
+        np.testing.assert_array_equal(readout, ref.readout[b].reshape(-1), err_msg=f"image {b}")
 
 
 def test_board_top_elaborates_for_both_boards():

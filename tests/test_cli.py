@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from spikeforge import cli, netimage
-from spikeforge.netgen import random_network
+from spikeforge.testing import random_network
 
 
 @pytest.mark.parametrize("command,expected", [

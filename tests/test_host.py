@@ -7,7 +7,7 @@ import pytest
 
 from spikeforge.host import (FRAME_REPLY, FRAME_START, FpgaClient, FpgaLinkError, decode_reply, encode_request,
                              reply_length)
-from spikeforge.netgen import random_images, random_network
+from spikeforge.testing import random_images, random_network
 from spikeforge.sw.reference import run as reference_run
 
 
@@ -27,7 +27,7 @@ class FakeBoard:
         self.requests.append(bytes(data))
         assert data[0] == FRAME_START
         image = np.frombuffer(data[1:], np.uint8).reshape(self.net.input.shape).copy()
-        readout = reference_run(self.net, image[None]).readout[0].numpy().reshape(-1)
+        readout = reference_run(self.net, image[None]).readout[0].reshape(-1)
         reply = bytes([FRAME_REPLY]) + readout.astype("<i4").tobytes() + np.uint32(self.cycles).tobytes()
         self.pending += self.mangle(reply) if self.mangle else reply
         return len(data)
@@ -55,7 +55,7 @@ def test_infer_returns_the_reference_readout(net):
     board = FakeBoard(net)
     client = FpgaClient("/dev/fake0", net=net, link=board, timeout=1.0)
     readouts, cycles = client.infer_batch(images)
-    np.testing.assert_array_equal(readouts, reference_run(net, images).readout.numpy())
+    np.testing.assert_array_equal(readouts, reference_run(net, images).readout)
     assert cycles == [12345] * 3
     assert board.requests[0] == bytes([0x53]) + images[0].reshape(-1).tobytes()
     assert board.flushes == 3

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from spikeforge.netgen import random_images, random_network
+from spikeforge.testing import random_images, random_network
 from hw_helpers import assert_rtl_matches_reference, make_net
 
 
@@ -44,7 +44,7 @@ def _fire_a_lot(net):
         pop.bias[:] = np.abs(pop.bias) + 1
 
 
-# (name, net factory, images factory, time steps, rtl_run options)
+# (name, net factory, images factory, time steps, simulate options)
 EDGE_CASES = [
     ("conv3x3_stride2_pad1", lambda: make_net(1, [("conv", 3, 3, 2, 1), ("dense", 5)], (2, 7, 7), 10),
      "random", 10, {}),

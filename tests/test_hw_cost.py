@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from spikeforge.hw.simulate import rtl_run
-from spikeforge.netgen import random_network
+from spikeforge.hw.testing import simulate
+from spikeforge.testing import random_network
 from spikeforge.sw import reference
 
 
@@ -21,7 +21,7 @@ def _images_with_pixels(counts) -> np.ndarray:
 def test_sparse_input_costs_fewer_cycles_than_dense():
     net = random_network(3, input_shape=(1, 8, 8), layers=[("conv", 4, 3, 1, 1), ("dense", 5)], time_steps=4)
     images = np.stack([np.zeros((1, 8, 8), np.uint8), np.full((1, 8, 8), 255, np.uint8)])
-    sparse, dense = rtl_run(net, images).cycles
+    sparse, dense = simulate(net, images).cycles
     # the all-zero image only pays the input scan and the update passes
     assert sparse * 4 < dense, f"all-zero image took {sparse} cycles, all-255 image {dense}"
 
@@ -35,7 +35,7 @@ def test_few_spikes_cost_fewer_cycles_than_many():
     image = np.full((1, 1, 6, 6), 9, np.uint8)
     quiet, busy = net_with(np.iinfo(np.int32).max >> (32 - net_with(1).populations[1].vbits)), net_with(1)
     counts = [reference.run(n, image).spike_counts()[1] for n in (quiet, busy)]
-    cycles = [rtl_run(n, image).cycles[0] for n in (quiet, busy)]
+    cycles = [simulate(n, image).cycles[0] for n in (quiet, busy)]
     assert counts[0] < counts[1]
     # each spike of layer1 costs 12 accumulation cycles in the dense readout; part of them hides behind layer1's
     # own work on the next step (the layers overlap), so only most of that cost shows in the total
@@ -48,7 +48,7 @@ def test_accumulate_cycles_track_event_count():
     T, n_out = 4, 16
     net = random_network(3, input_shape=(1, 6, 6), layers=[("dense", n_out)], time_steps=T)
     counts = (0, 8, 16, 24, 36)
-    cycles = rtl_run(net, _images_with_pixels(counts)).cycles
+    cycles = simulate(net, _images_with_pixels(counts)).cycles
     assert cycles[0] * 10 < cycles[-1], cycles
     for i in range(1, len(counts) - 1):
         want = T * n_out * (counts[i + 1] - counts[i])
@@ -73,12 +73,12 @@ def test_demo_shaped_network_on_a_digit_like_image():
 def test_join_cycles_add_up_over_projections():
     """Input -> readout through two dense projections of the input (16 + 16 outputs, one stream, two walkers):
     every nonzero pixel adds exactly T x 32 cycles, the second walker taking each event without a bubble."""
-    from spikeforge.netgen import random_residual_network
+    from spikeforge.testing import random_residual_network
     T = 4
     net = random_residual_network(3, input_shape=(1, 6, 6), layers=[("dense", 16, [("dense", 0)])], time_steps=T)
     assert len(net.readout.projections) == 2
     counts = (0, 12, 24, 36)
-    cycles = rtl_run(net, _images_with_pixels(counts)).cycles
+    cycles = simulate(net, _images_with_pixels(counts)).cycles
     for i in range(1, len(counts) - 1):
         want = T * 32 * (counts[i + 1] - counts[i])
         got = cycles[i + 1] - cycles[i]

@@ -9,7 +9,7 @@ import pytest
 from amaranth.back import verilog
 
 from spikeforge.hw.accelerator import Accelerator, UnsupportedNetworkError, consumers, estimate_memory
-from spikeforge.netgen import random_images, random_network, random_residual_network
+from spikeforge.testing import random_images, random_network, random_residual_network
 from spikeforge.netimage import Projection, required_acc_bits, validate
 from hw_helpers import assert_rtl_matches_reference
 

@@ -12,7 +12,7 @@ import pytest
 
 from spikeforge.hw.accelerator import consumers
 from spikeforge.hw.layers import is_diagonal, projection_groups
-from spikeforge.netgen import random_images, random_residual_network
+from spikeforge.testing import random_images, random_residual_network
 from hw_helpers import assert_rtl_matches_reference, make_residual_net
 
 
@@ -22,7 +22,7 @@ def _fire_a_lot(net):
         pop.bias[:] = np.abs(pop.bias) + 1
 
 
-# (name, layers, input shape, time steps, edit, images, rtl_run options, populations that must spike)
+# (name, layers, input shape, time steps, edit, images, simulate options, populations that must spike)
 CASES = [
     ("identity_shortcut", [("conv", 2, 3, 1, 1), ("block", 2, 1), ("dense", 4)], (1, 6, 6), 10, None,
      "random", {}, [1, 2, 3]),

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from spikeforge.sw.export_resnet import export_resnet
+from spikeforge.sw.export import export_resnet
 from spikeforge.sw.resnet import lif_neuron, resnet8
 from hw_helpers import assert_rtl_matches_reference
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from spikeforge import netimage
-from spikeforge.netgen import random_network
+from spikeforge.testing import random_network
 from spikeforge.netimage import NetworkFileError
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from spikeforge import netimage
-from spikeforge.sim.compare import assert_bit_exact
+from spikeforge.record import assert_bit_exact
 from spikeforge.sim.rtl import run_rtl
 from spikeforge.sw.data import load_dataset
 from spikeforge.sw.reference import run as reference_run

@@ -12,11 +12,10 @@ import copy
 
 import numpy as np
 import pytest
-import torch
 
-from spikeforge.netgen import random_images, random_network
-from spikeforge.sim.compare import RtlMismatch, assert_bit_exact, first_mismatch
-from spikeforge.sim.rtl import RtlResult, run_rtl
+from spikeforge.record import Mismatch, SpikeRecord, assert_bit_exact, first_mismatch
+from spikeforge.sim.rtl import run_rtl
+from spikeforge.testing import random_images, random_network
 from spikeforge.sw.reference import run as reference_run
 
 T = 10
@@ -70,7 +69,7 @@ def small_run(tmp_path_factory):
     return net, ref, rtl
 
 
-def _copy(rtl: RtlResult) -> RtlResult:
+def _copy(rtl: SpikeRecord) -> SpikeRecord:
     return copy.deepcopy(rtl)
 
 
@@ -78,7 +77,7 @@ def test_corrupted_spike_is_named(small_run):
     net, ref, rtl = small_run
     p = next(i for i, s in enumerate(rtl.spikes) if s is not None and s.sum() > 0)
     bad = _copy(rtl)
-    t, b, *where = (int(v) for v in torch.nonzero(bad.spikes[p])[0])
+    t, b, *where = (int(v) for v in np.argwhere(bad.spikes[p])[0])
     bad.spikes[p][(t, b, *where)] = 0  # drop one spike
     message = first_mismatch(ref, bad)
     pop = net.populations[p]
@@ -88,7 +87,7 @@ def test_corrupted_spike_is_named(small_run):
     if len(pop.shape) == 3:
         assert f"(c={where[0]}, y={where[1]}, x={where[2]})" in message
     assert "the reference spikes, the RTL does not" in message
-    with pytest.raises(RtlMismatch, match=f"population {p} \\('{pop.name}'\\)"):
+    with pytest.raises(Mismatch, match=f"population {p} \\('{pop.name}'\\)"):
         assert_bit_exact(ref, bad)
 
 
@@ -97,7 +96,7 @@ def test_extra_and_duplicate_spikes_are_named(small_run):
     p = max(i for i, s in enumerate(rtl.spikes) if s is not None)
     bad = _copy(rtl)
     flat = bad.spikes[p][T - 1, 1].reshape(-1)
-    k = int(torch.nonzero(flat == 0)[0][0]) if (flat == 0).any() else 0
+    k = int(np.flatnonzero(flat == 0)[0]) if (flat == 0).any() else 0
     flat[k] = 1 if int(ref.spikes[p][T - 1, 1].reshape(-1)[k]) == 0 else 2
     message = first_mismatch(ref, bad)
     assert f"image 1, step {T - 1}, population {p} ('{net.populations[p].name}'), neuron {k}" in message
@@ -159,7 +158,7 @@ def test_a_mutant_rtl_is_caught_and_named(tmp_path):
                          activity=0.3)
     images = random_images(5, net, 2, density=0.9)
     ref = reference_run(net, images, T)
-    first = torch.nonzero(ref.spikes[1].reshape(T, 2, -1)[:, :, 0].T)  # (image, step) where neuron 0 spikes
+    first = np.argwhere(ref.spikes[1].reshape(T, 2, -1)[:, :, 0].T)  # (image, step) where neuron 0 spikes
     assert len(first), "the test network must make neuron 0 of layer1 spike"
     image, step = (int(v) for v in first[0])
     rtl = run_rtl(net, images, T, build_dir=tmp_path, design=_mutant_accelerator, jobs=1)

@@ -22,7 +22,7 @@ def _free_port() -> int:
 
 
 def _config(data_dir, out):
-    from spikeforge.sw.train import TrainConfig
+    from spikeforge.sw.config import TrainConfig
 
     return TrainConfig(dataset="cifar10", data_dir=str(data_dir), out=str(out), arch="resnet8", width=0.25,
                        time_steps=2, epochs_float=1, epochs_qat=1, batch_size=16, bn_calibration_batches=1,
@@ -32,7 +32,7 @@ def _config(data_dir, out):
 def _worker(rank, world, port, data_dir, out, results):
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
-    from spikeforge.sw import train as train_module
+    from spikeforge.sw.train import schedule
 
     seen = {}
 
@@ -40,8 +40,8 @@ def _worker(rank, world, port, data_dir, out, results):
         seen["model"] = model
         seen["steps"] = seen.get("steps", 0) + 1
 
-    train_module._after_step = after_step
-    summary = train_module.train(_config(data_dir, out))
+    schedule.after_step = after_step
+    summary = schedule.train(_config(data_dir, out))
     torch.save({"params": {k: v.detach().cpu() for k, v in seen["model"].state_dict().items()},
                 "steps": seen["steps"], "summary": summary}, results / f"rank{rank}.pt")
 

@@ -5,7 +5,8 @@ import torch
 import torch.nn.functional as F
 
 from spikeforge.sw import event_conv
-from spikeforge.sw.fused import _EventInputConv2d, _SpikeInputConv2d, fused_lif_neuron, spike_input_convs
+from spikeforge.sw.fused import fused_lif_neuron
+from spikeforge.sw.spike_conv import EventInputConv2d, SpikeInputConv2d, spike_input_convs
 from spikeforge.sw.resnet import BasicBlock, SpikingResNet
 
 
@@ -34,7 +35,7 @@ def test_event_lists_are_the_active_channels(c):
     """CSR over (pixel, 64-channel block); c = 150 has two full blocks and a tail that is not a multiple of 8."""
     g = torch.Generator().manual_seed(1)
     x = spikes((3, c, 5, 7), 0.3, g)
-    offsets, channels = event_conv._extension().events(x.permute(0, 2, 3, 1))
+    offsets, channels = event_conv.extension().events(x.permute(0, 2, 3, 1))
     nhwc = x.permute(0, 2, 3, 1).reshape(-1, c)
     blocks = -(-c // 64)
     padded = torch.nn.functional.pad(nhwc, (0, blocks * 64 - c))
@@ -86,7 +87,7 @@ def test_falls_back_where_the_kernels_do_not_apply():
     g = torch.Generator().manual_seed(3)
     conv = torch.nn.Conv2d(8, 12, 3, padding=1, bias=False)  # 12 output channels: not a multiple of 8
     spike_input_convs(torch.nn.Sequential(conv), skip=(), events=True)
-    assert type(conv) is _EventInputConv2d
+    assert type(conv) is EventInputConv2d
     x = spikes((2, 8, 6, 6), 0.4, g)
     assert not event_conv.applies(x, conv.weight, conv.stride, conv.padding)
     assert not event_conv.applies(x.contiguous(), torch.zeros(64, 8, 3, 3), (1, 1), (1, 1))  # NCHW input
@@ -120,8 +121,8 @@ def test_resnet_training_step_matches_the_bool_saving_convs(monkeypatch):
     results = []
     for events in (False, True):
         net = spike_input_convs(model(), events=events)
-        hidden = [m for m in net.modules() if isinstance(m, _SpikeInputConv2d)]
-        assert len(hidden) == 5 and all((type(m) is _EventInputConv2d) == events for m in hidden)
+        hidden = [m for m in net.modules() if isinstance(m, SpikeInputConv2d)]
+        assert len(hidden) == 5 and all((type(m) is EventInputConv2d) == events for m in hidden)
         calls = []
         original = event_conv.EventConv2dFunction.apply
         event_conv.EventConv2dFunction.apply = lambda *a: calls.append(a[1].shape) or original(*a)
@@ -139,37 +140,38 @@ def test_resnet_training_step_matches_the_bool_saving_convs(monkeypatch):
 
 
 def test_trainer_uses_event_convs_where_they_apply(monkeypatch):
-    from spikeforge.sw import train as train_module
-    from spikeforge.sw.train import ConfigError, TrainConfig
+    from spikeforge.sw.config import ConfigError, TrainConfig
+    from spikeforge.sw.models import build_model
+    from spikeforge.sw.train import runtime
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     last = torch.channels_last
 
     def setup(fmt=last, device=cpu, **fields):
         config = TrainConfig(arch="resnet8", width=4.0, time_steps=2, **fields).validate()  # widths 64-128-256
-        model = train_module.build_model(config, False)
+        model = build_model(config, False)
         lines = []
-        count = train_module._for_training(model, config, fmt, device, lines.append)
+        count = runtime.prepare_model(model, config, fmt, device, lines.append)
         kinds = {name: type(m) for name, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)}
         return count, kinds, lines
 
     count, kinds, lines = setup()
-    events = [n for n, k in kinds.items() if k is _EventInputConv2d]
+    events = [n for n, k in kinds.items() if k is EventInputConv2d]
     assert count == len(events) == 8  # every hidden conv (64..256 channels, both shortcuts included), not the stem
     assert "stem.conv" not in events and any("event-driven convs: 8" in line for line in lines)
     for kwargs in (dict(event_convs="false"), dict(fmt=torch.contiguous_format), dict(device=cuda),
                    dict(amp="bf16"), dict(compile=True)):
         count, kinds, _ = setup(**kwargs)
-        assert count == 0 and _EventInputConv2d not in kinds.values(), kwargs
+        assert count == 0 and EventInputConv2d not in kinds.values(), kwargs
     with pytest.raises(ConfigError):
         TrainConfig(event_convs="yes").validate()
 
     def unbuildable():
         raise event_conv.EventConvUnavailable("no compiler here (test)")
 
-    monkeypatch.setattr(event_conv, "_extension", unbuildable)
+    monkeypatch.setattr(event_conv, "extension", unbuildable)
     count, kinds, lines = setup()
-    assert count == 0 and _EventInputConv2d not in kinds.values()
+    assert count == 0 and EventInputConv2d not in kinds.values()
     assert lines == ["event-driven convs off: no compiler here (test)"]
     with pytest.raises(ConfigError, match="--event-convs true: no compiler here"):
         setup(event_convs="true")

@@ -5,7 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from spikeforge.sw.fused import FusedLIF, fused_lif_neuron, spike_input_convs
+from spikeforge.sw.fused import FusedLIF, fused_lif_neuron
+from spikeforge.sw.spike_conv import spike_input_convs
 from spikeforge.sw.neuron import LIF, SURROGATES
 from spikeforge.sw.resnet import lif_neuron, resnet8
 
@@ -332,7 +333,7 @@ def test_resnet_blocks_fuse_bn():
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_residual_gradients_accumulate_in_place(channels_last):
     """Every block input feeds two paths (the block's first conv and the shortcut: identity or a 1x1 conv); autograd
-    sums their gradients in place only when the first to arrive is not a view (fused._accumulable, resnet._FoldTime),
+    sums their gradients in place only when the first to arrive is not a view (kernels.accumulable, resnet._FoldTime),
     else each join allocates a fresh [T, B, C, H, W] tensor (an out-of-place aten::add)."""
     from torch.profiler import ProfilerActivity, profile
 
@@ -447,7 +448,7 @@ def test_whole_model_torch_compile():
 def test_spike_conv_weight_grad_avoids_the_onednn_hang():
     """A channels_last 1x1 stride-2 spike conv from 4 channels (a narrow ResNet's downsample) computes its weight
     gradient in NCHW (oneDNN hangs on it in channels_last) and matches the plain conv's gradients."""
-    from spikeforge.sw.fused import SpikeConv2dFunction, onednn_hang_conv, onednn_weight_grad_hangs
+    from spikeforge.sw.spike_conv import SpikeConv2dFunction, onednn_hang_conv, onednn_weight_grad_hangs
     assert onednn_weight_grad_hangs(4, (1, 1), (2, 2)) and not onednn_weight_grad_hangs(4, (3, 3), (2, 2))
     assert not onednn_weight_grad_hangs(16, (1, 1), (2, 2)) and not onednn_weight_grad_hangs(4, (1, 1), (1, 1))
     narrow = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Conv2d(4, 4, 3, 2), torch.nn.Conv2d(4, 8, 1, 2))
@@ -534,17 +535,17 @@ def test_start_half_up_adds_half_a_unit_to_step_zero_only():
 def test_nchw_gives_row_major_strides_to_tensors_contiguous_in_both_layouts():
     """oneDNN reads channels_last from strides that ``.contiguous()`` leaves alone: a channels_last model's 1x1
     weight, a 1-channel input with a unit channel stride, an expanded (zero-stride) output gradient."""
-    from spikeforge.sw.fused import _nchw
+    from spikeforge.sw import spike_conv
 
     weight = torch.nn.Conv2d(2, 4, 1, 2, bias=False).to(memory_format=torch.channels_last).weight.detach()
     one_channel = torch.randn(10, 1, 32, 32).as_strided((10, 1, 32, 32), (1024, 1, 32, 1))
     expanded = torch.ones(()).expand(10, 2, 16, 16)
     assert weight.stride() == (2, 1, 2, 2) and weight.is_contiguous() and one_channel.is_contiguous()
     for t, want in ((weight, (2, 1, 1, 1)), (one_channel, (1024, 1024, 32, 1)), (expanded, (512, 256, 16, 1))):
-        got = _nchw(t)
+        got = spike_conv._nchw(t)
         assert got.stride() == want and torch.equal(got, t)
     plain = torch.randn(3, 4, 5, 6)
-    assert _nchw(plain) is plain
+    assert spike_conv._nchw(plain) is plain
 
 
 def test_narrow_resnet_trains_without_the_intermittent_onednn_hang():
@@ -574,7 +575,9 @@ def test_narrow_resnet_trains_without_the_intermittent_onednn_hang():
 def test_compiled_kernels_get_their_own_recompile_limit_and_restore_the_global_one():
     """Each T is a new specialization of a compiled kernel; with fullgraph=True, running past dynamo's limit is an
     error. The kernels raise the limit around each call only: the user's own setting (here 1) is back afterwards."""
-    from spikeforge.sw.fused import RECOMPILE_LIMIT, _compiled, lif_forward
+    from spikeforge.sw import fused
+    from spikeforge.sw.fused import lif_forward
+    from spikeforge.sw.kernels import RECOMPILE_LIMIT, compiled
 
     config = torch._dynamo.config
     saved = config.recompile_limit
@@ -583,7 +586,7 @@ def test_compiled_kernels_get_their_own_recompile_limit_and_restore_the_global_o
         for steps in (13, 14):  # T values no other test uses: two new specializations past a limit of 1
             current = torch.randn(steps, 6, generator=torch.Generator().manual_seed(steps))
             with torch.no_grad():
-                spikes, membranes = _compiled("forward")(current, 1.0, 1, torch.float32, torch.float32)
+                spikes, membranes = compiled(fused._forward_kernel)(current, 1.0, 1, torch.float32, torch.float32)
             want_spikes, want_membranes = lif_forward(current, threshold=1.0, leak_shift=1)
             assert torch.equal(spikes, want_spikes) and torch.equal(membranes, want_membranes)
             assert config.recompile_limit == 1

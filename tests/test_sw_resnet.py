@@ -10,8 +10,7 @@ import torch
 from spikeforge import netimage
 from spikeforge.sw import reference
 from spikeforge.sw.bn import BNTT, SharedBN, TdBN, bn_affine, make_bn
-from spikeforge.sw.export import ExportError
-from spikeforge.sw.export_resnet import export_resnet
+from spikeforge.sw.export import ExportError, export_resnet
 from spikeforge.sw.resnet import (BasicBlock, Bottleneck, ConvBN, SpikingResNet, lif_neuron, resnet8, resnet10,
                                   resnet18, resnet50)
 from test_sw_export import _set_weights as set_exact_weights
@@ -99,13 +98,13 @@ def test_float_resnet_equals_integer_reference_exactly(build, size, deploy_aware
     ref = reference.run(net, images, time_steps=T)
     assert [p.name for p in net.populations[1:-1]] == model.population_names() == list(out.spikes)
     for k, name in enumerate(model.population_names(), 1):
-        got = ref.spikes[k].to(torch.float32)
+        got = torch.from_numpy(ref.spikes[k]).to(torch.float32)
         assert int(got.sum()) > 0, f"population {name} is silent: a weak test"
         mismatch = (out.spikes[name] != got).nonzero()
         assert mismatch.numel() == 0, f"{name}: first spike mismatch at (t, b, c, y, x) {mismatch[0].tolist()}"
     area = int(np.prod(net.populations[-2].shape[1:]))
     v_int = out.readout * area / SCALE
-    assert torch.equal(v_int, ref.readout.to(torch.float32)), "readout potentials differ"
+    assert torch.equal(v_int, torch.from_numpy(ref.readout).to(torch.float32)), "readout potentials differ"
     for k, pop in enumerate(net.populations[1:], 1):
         assert pop.acc_bits == netimage.required_acc_bits(net, k)
 
@@ -131,8 +130,9 @@ def test_deploy_aware_forward_tracks_the_integer_reference(compiled):
     for deploy_aware in (False, True):
         with torch.no_grad():
             out = model.set_deploy_aware(deploy_aware).run(torch.tensor(images) / 255.0, record=True)
-        mismatch[deploy_aware] = [float((out.spikes[name] != ref.spikes[k].to(torch.float32)).float().mean())
-                                  for k, name in enumerate(model.population_names(), 1)]
+        mismatch[deploy_aware] = [
+            float((out.spikes[name] != torch.from_numpy(ref.spikes[k]).to(torch.float32)).float().mean())
+            for k, name in enumerate(model.population_names(), 1)]
     assert sum(mismatch[False]) > 0.01, mismatch
     # integrate-and-fire: the float membrane starts half an integer unit up (folding.start_half_up), which makes
     # every spike of every population the integer reference's

@@ -10,8 +10,8 @@ import pytest
 
 from spikeforge import netimage
 from spikeforge.sw import results
-from spikeforge.sw import train as train_module
-from spikeforge.sw.train import TrainConfig
+from spikeforge.sw.config import TrainConfig
+from spikeforge.sw.train import cli as train_cli, schedule
 
 DEMO = Path(__file__).parent / "data" / "demo-mnist.sfnet"
 
@@ -22,8 +22,8 @@ def test_train_command_reproduces_the_config(monkeypatch):
                          surrogate_width="auto", deploy_aware=False, out="build/r8-sltt", threads=1)
     command = results.train_command(dataclasses.asdict(config))
     assert command.startswith("spikeforge train ") and "--threads" not in command
-    monkeypatch.setattr(train_module, "train", lambda c: c)
-    parsed = train_module.main(command.split()[2:])
+    monkeypatch.setattr(schedule, "train", lambda c: c)
+    parsed = train_cli.main(command.split()[2:])
     assert dataclasses.replace(parsed, threads=1) == config
 
 

@@ -1,5 +1,6 @@
 """The training pipeline end to end on a tiny subset (spikeforge.sw.train): checkpoints, resume, determinism."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -8,9 +9,12 @@ import torch
 import torch.nn.functional as F
 
 from spikeforge import netimage
-from spikeforge.sw import train as train_module
+from spikeforge.sw.config import (ADDED_FIELDS, AUTO_WIDTHS, LIF_IMPLEMENTATIONS, PRESETS, ConfigError, TrainConfig,
+                                  config_key, preset)
 from spikeforge.sw.export import export_network
-from spikeforge.sw.train import PRESETS, TrainConfig, preset, train
+from spikeforge.sw.models import build_model, evaluate_checkpoint
+from spikeforge.sw.spike_conv import SpikeInputConv2d
+from spikeforge.sw.train import cli as train_cli, runtime, schedule, steps, train
 from test_sw_data import write_idx
 
 
@@ -55,7 +59,7 @@ def test_one_epoch_each_runs_end_to_end_and_resumes(tiny_mnist, tmp_path, monkey
 
     # interrupted after the float epoch (the QAT epoch's evaluation fails), then resumed: same result
     calls = {"n": 0}
-    real_evaluate = train_module.evaluate
+    real_evaluate = schedule.evaluate
 
     def failing_evaluate(*args, **kwargs):
         calls["n"] += 1
@@ -63,11 +67,11 @@ def test_one_epoch_each_runs_end_to_end_and_resumes(tiny_mnist, tmp_path, monkey
             raise KeyboardInterrupt
         return real_evaluate(*args, **kwargs)
 
-    monkeypatch.setattr(train_module, "evaluate", failing_evaluate)
+    monkeypatch.setattr(schedule, "evaluate", failing_evaluate)
     with pytest.raises(KeyboardInterrupt):
         train(tiny_config(tiny_mnist, tmp_path / "b"))
     assert torch.load(tmp_path / "b" / "last.pt", weights_only=False)["epochs_done"] == 1
-    monkeypatch.setattr(train_module, "evaluate", real_evaluate)
+    monkeypatch.setattr(schedule, "evaluate", real_evaluate)
     resumed = train(tiny_config(tiny_mnist, tmp_path / "b"))
     assert [h["phase"] for h in resumed["history"]] == ["float", "qat"]
     a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=False)["model"]
@@ -83,10 +87,10 @@ def test_one_epoch_each_runs_end_to_end_and_resumes(tiny_mnist, tmp_path, monkey
     from spikeforge.sw.data import load_dataset
 
     x, y = load_dataset("mnist", "test", root=tiny_mnist)
-    result = train_module.evaluate_checkpoint(tmp_path / "a" / "checkpoint.pt", x, y)
+    result = evaluate_checkpoint(tmp_path / "a" / "checkpoint.pt", x, y)
     assert result["accuracy"] == summary["qat_accuracy"]
     assert set(result["spike_counts"]) == {"conv1", "conv2"} and result["spike_counts"]["conv1"] > 0
-    with pytest.raises(train_module.ConfigError, match="different config"):
+    with pytest.raises(ConfigError, match="different config"):
         train(tiny_config(tiny_mnist, tmp_path / "a", lr=1e-2))
 
 
@@ -105,7 +109,7 @@ def test_presets_and_config_checks():
 
 def test_augment_is_a_zero_filled_shift():
     x = torch.arange(2 * 1 * 5 * 5, dtype=torch.float32).reshape(2, 1, 5, 5) + 1
-    y = train_module._augment(x, 2, torch.Generator().manual_seed(0))
+    y = steps.augment(x, 2, torch.Generator().manual_seed(0))
     for b in range(2):
         # every output row/column is a shifted copy of the input or zero fill
         nz = y[b, 0][y[b, 0] > 0]
@@ -115,20 +119,20 @@ def test_augment_is_a_zero_filled_shift():
 
 def test_augment_flip_mirrors_about_half_and_leaves_the_shift_draws_alone():
     x = torch.rand(400, 1, 6, 6)
-    y = train_module._augment(x, 0, torch.Generator().manual_seed(1), flip=True)
+    y = steps.augment(x, 0, torch.Generator().manual_seed(1), flip=True)
     mirrored = torch.tensor([torch.equal(y[i], x[i].flip(-1)) for i in range(len(x))])
     kept = torch.tensor([torch.equal(y[i], x[i]) for i in range(len(x))])
     assert bool((mirrored ^ kept).all())            # each image is either mirrored or untouched
     assert 150 < int(mirrored.sum()) < 250
     # without flip no extra random number is drawn: the shifts of older runs are reproduced
-    a = train_module._augment(x, 1, torch.Generator().manual_seed(2))
-    b = train_module._augment(x, 1, torch.Generator().manual_seed(2), flip=False)
+    a = steps.augment(x, 1, torch.Generator().manual_seed(2))
+    b = steps.augment(x, 1, torch.Generator().manual_seed(2), flip=False)
     assert torch.equal(a, b)
 
 
 def test_augment_flip_is_a_cli_option_that_leaves_old_config_keys_alone():
-    assert "augment_flip" not in train_module._config_key(TrainConfig())
-    assert train_module._config_key(TrainConfig(augment_flip=True))["augment_flip"] is True
+    assert "augment_flip" not in config_key(TrainConfig())
+    assert config_key(TrainConfig(augment_flip=True))["augment_flip"] is True
 
 
 # --- the one loop for every model and dataset ----------------------------------------------------------------
@@ -153,13 +157,13 @@ def test_killed_mid_epoch_resumes_from_the_last_step_checkpoint(tiny_mnist, tmp_
         return hook
 
     # killed at step 3 of epoch 2: epoch 1 and 2 steps of epoch 2 are safe in last.pt
-    monkeypatch.setattr(train_module, "_after_step", abort_at(1, 3))
+    monkeypatch.setattr(schedule, "after_step", abort_at(1, 3))
     with pytest.raises(_Abort):
         train(tiny_config(tiny_mnist, tmp_path / "cut", **config))
     state = torch.load(tmp_path / "cut" / "last.pt", weights_only=False)
     assert (state["epochs_done"], state["step"]) == (1, 2)
     ran.clear()
-    monkeypatch.setattr(train_module, "_after_step", abort_at(None, None))
+    monkeypatch.setattr(schedule, "after_step", abort_at(None, None))
     resumed = train(tiny_config(tiny_mnist, tmp_path / "cut", **config))
     assert ran == [(1, 3), (1, 4)], "the resumed run redoes only the unsaved steps"
     assert [h["loss"] for h in resumed["history"]] == [h["loss"] for h in whole["history"]]
@@ -171,9 +175,9 @@ def test_killed_mid_epoch_resumes_from_the_last_step_checkpoint(tiny_mnist, tmp_
 
 def test_old_out_dirs_stay_resumable():
     # fields added later are left out of the config key at their defaults: a last.pt written before them matches
-    key = train_module._config_key(TrainConfig())
-    assert not set(train_module._ADDED) & set(key)
-    assert "arch" in key and "width" in train_module._config_key(TrainConfig(width=0.5))
+    key = config_key(TrainConfig())
+    assert not set(ADDED_FIELDS) & set(key)
+    assert "arch" in key and "width" in config_key(TrainConfig(width=0.5))
 
 
 @pytest.fixture(scope="module")
@@ -197,7 +201,7 @@ def test_resnet_and_its_ann_twin_through_the_same_loop(fake_cifar, tmp_path, cap
     snn = train(_resnet_config(fake_cifar / "c10", tmp_path / "snn", surrogate_width="auto", optimizer="sgd",
                                lr=0.05, label_smoothing=0.1, grad_checkpoint=True))
     assert "surrogate width auto: chose" in capsys.readouterr().out
-    assert snn["surrogate_width"] in train_module.AUTO_WIDTHS
+    assert snn["surrogate_width"] in AUTO_WIDTHS
     assert [h["phase"] for h in snn["history"]] == ["float", "qat"] and snn["train_images"] == 40
     assert 0.0 <= snn["deployed_accuracy"] <= 1.0 and snn["deployed_images"] == 8
     net = netimage.load(tmp_path / "snn" / "network.sfnet")
@@ -218,7 +222,7 @@ def test_resnet_and_its_ann_twin_through_the_same_loop(fake_cifar, tmp_path, cap
         assert all(np.array_equal(pa.weight, pb.weight) for pa, pb in zip(a.projections, b.projections))
     # and the torch backend evaluates it: the QAT accuracy the trainer reported, spikes per population
     x, y = load_dataset("cifar10", "test", fake_cifar / "c10")
-    result = train_module.evaluate_checkpoint(tmp_path / "snn" / "checkpoint.pt", x, y)
+    result = evaluate_checkpoint(tmp_path / "snn" / "checkpoint.pt", x, y)
     assert result["accuracy"] == pytest.approx(snn["qat_accuracy"])
     assert list(result["spike_counts"])[:2] == ["stem", "layer1.0.conv1"]
 
@@ -238,7 +242,7 @@ def test_gradient_checkpointing_gives_the_same_gradients():
         torch.manual_seed(0)
         model = resnet8(width=0.25, time_steps=3)
         if checkpointed:
-            train_module._enable_grad_checkpointing(model)
+            runtime.enable_grad_checkpointing(model)
         x = torch.rand(4, 1, 28, 28, generator=torch.Generator().manual_seed(1))
         torch.nn.functional.cross_entropy(model(x), torch.tensor([0, 1, 2, 3])).backward()
         grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
@@ -271,7 +275,7 @@ def test_config_errors_are_one_sentence(fake_cifar, tmp_path):
         TrainConfig(temporal_window=1, lif="autograd").validate()
     with pytest.raises(ValueError, match="amp"):
         TrainConfig(amp="fp8").validate()
-    with pytest.raises(train_module.ConfigError, match="fp16.*CUDA"):
+    with pytest.raises(ConfigError, match="fp16.*CUDA"):
         train(_resnet_config(fake_cifar / "c10", tmp_path / "y", amp="fp16", device="cpu"))
 
 
@@ -280,30 +284,30 @@ def test_compile_graphs_parses_and_is_refused_where_cuda_graphs_cannot_run(fake_
     """--compile takes true, false or graphs (CUDA graphs: one CUDA device); anything else, or graphs on the CPU,
     is one clear error."""
     seen = []
-    monkeypatch.setattr(train_module, "train", seen.append)
+    monkeypatch.setattr(schedule, "train", seen.append)
     for text, value in (("graphs", "graphs"), ("true", True), ("off", False)):
-        train_module.main(["--compile", text])
+        train_cli.main(["--compile", text])
         assert seen[-1].compile == value
     with pytest.raises(SystemExit):
-        train_module.main(["--compile", "fast"])
+        train_cli.main(["--compile", "fast"])
     assert "expected true, false or graphs, not 'fast'" in capsys.readouterr().err
     monkeypatch.undo()
-    with pytest.raises(train_module.ConfigError, match="compile must be true, false or 'graphs'"):
+    with pytest.raises(ConfigError, match="compile must be true, false or 'graphs'"):
         TrainConfig(compile="fast").validate()
-    with pytest.raises(train_module.ConfigError, match="needs a CUDA device, not device 'cpu'"):
+    with pytest.raises(ConfigError, match="needs a CUDA device, not device 'cpu'"):
         TrainConfig(compile="graphs", device="cpu").validate()
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # device auto: the CPU
-    with pytest.raises(train_module.ConfigError, match="runs on one CUDA device, not on cpu with 1 process"):
+    with pytest.raises(ConfigError, match="runs on one CUDA device, not on cpu with 1 process"):
         train(_resnet_config(fake_cifar / "c10", tmp_path / "g", compile="graphs"))
 
 
 def test_command_line_has_help_for_every_flag(capsys):
     with pytest.raises(SystemExit):
-        train_module.main(["--help"])
+        train_cli.main(["--help"])
     text = capsys.readouterr().out
-    for f in train_module.dataclasses.fields(TrainConfig):
+    for f in dataclasses.fields(TrainConfig):
         assert "--" + f.name.replace("_", "-") in text
-        assert train_module._HELP[f.name]
+        assert train_cli.HELP[f.name]
     for flag in ("--epochs", "--qat-epochs", "--surrogate-width", "--preset"):
         assert flag in text
 
@@ -327,10 +331,10 @@ def test_lif_implementations_train_the_same_network(arch):
     labels = torch.arange(6) % 10
     for quantized in (False, True):
         results = {}
-        for lif in train_module.LIF_IMPLEMENTATIONS:
+        for lif in LIF_IMPLEMENTATIONS:
             config = TrainConfig(arch=arch, time_steps=3, lif=lif, width=0.25).validate()
             torch.manual_seed(1)
-            model = train_module.build_model(config, quantized)
+            model = build_model(config, quantized)
             neurons = [m for m in model.modules() if isinstance(m, LIF)]
             assert neurons and all((type(m) is FusedLIF) == (lif != "autograd") for m in neurons)
             assert all(getattr(m, "compiled", False) == (lif == "compiled") for m in neurons)
@@ -344,7 +348,7 @@ def test_lif_implementations_train_the_same_network(arch):
             assert len(grads) == len(ref_grads)
             for g, r in zip(grads, ref_grads):
                 torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-6)
-    window = train_module.build_model(TrainConfig(arch=arch, temporal_window=1, width=0.25).validate(), False)
+    window = build_model(TrainConfig(arch=arch, temporal_window=1, width=0.25).validate(), False)
     assert {m.temporal_window for m in window.modules() if isinstance(m, LIF)} == {1}
 
 
@@ -367,23 +371,22 @@ def test_channels_last_is_chosen_where_it_is_safe_and_trains_the_same_network():
     """--channels-last auto: NHWC weights on the CPU, NCHW on CUDA or when asked; a net with a conv that hangs
     oneDNN in NHWC (1x1 stride-2 from < 8 channels) stays NCHW with one log line. The trainer's set-up (NHWC
     weights, bool-saved spike inputs in a ResNet) gives the same loss and gradients as plain NCHW on one batch."""
-    from spikeforge.sw.fused import _SpikeInputConv2d
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     lines = []
-    wide = train_module.build_model(TrainConfig(arch="resnet8", width=0.5).validate(), False)  # shortcut from 8
-    narrow = train_module.build_model(TrainConfig(arch="resnet8", width=0.25).validate(), False)  # ... from 4
-    assert train_module._memory_format(TrainConfig(), wide, cpu, lines.append) == torch.channels_last
-    assert train_module._memory_format(TrainConfig(), wide, cuda, lines.append) == torch.contiguous_format
-    assert train_module._memory_format(TrainConfig(channels_last="false"), wide, cpu, lines.append) \
+    wide = build_model(TrainConfig(arch="resnet8", width=0.5).validate(), False)  # shortcut from 8
+    narrow = build_model(TrainConfig(arch="resnet8", width=0.25).validate(), False)  # ... from 4
+    assert runtime.memory_format(TrainConfig(), wide, cpu, lines.append) == torch.channels_last
+    assert runtime.memory_format(TrainConfig(), wide, cuda, lines.append) == torch.contiguous_format
+    assert runtime.memory_format(TrainConfig(channels_last="false"), wide, cpu, lines.append) \
         == torch.contiguous_format
-    assert train_module._memory_format(TrainConfig(channels_last="true"), wide, cuda, lines.append) \
+    assert runtime.memory_format(TrainConfig(channels_last="true"), wide, cuda, lines.append) \
         == torch.channels_last
     assert not lines
-    assert train_module._memory_format(TrainConfig(channels_last="true"), narrow, cpu, lines.append) \
+    assert runtime.memory_format(TrainConfig(channels_last="true"), narrow, cpu, lines.append) \
         == torch.contiguous_format
     assert len(lines) == 1 and "stages.1.0.downsample.conv" in lines[0] and "4 input channels" in lines[0]
-    with pytest.raises(train_module.ConfigError, match="channels_last must be 'auto', 'true' or 'false'"):
+    with pytest.raises(ConfigError, match="channels_last must be 'auto', 'true' or 'false'"):
         TrainConfig(channels_last="yes").validate()
 
     torch.manual_seed(0)
@@ -395,13 +398,13 @@ def test_channels_last_is_chosen_where_it_is_safe_and_trains_the_same_network():
             results = []
             for fmt in (torch.contiguous_format, torch.channels_last):
                 torch.manual_seed(1)
-                model = train_module.build_model(config, quantized)
+                model = build_model(config, quantized)
                 if fmt == torch.channels_last:
-                    train_module._for_training(model, config, fmt)
+                    runtime.prepare_model(model, config, fmt)
                     convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
                     assert all(m.weight.is_contiguous(memory_format=fmt) for m in convs)
                     spiking = arch == "resnet8" and not quantized  # plain hidden convs: bool-saved inputs
-                    assert any(type(m) is _SpikeInputConv2d for m in convs) == spiking
+                    assert any(type(m) is SpikeInputConv2d for m in convs) == spiking
                 loss = F.cross_entropy(model(images), labels)
                 loss.backward()
                 results.append((loss.detach(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None}))
@@ -428,7 +431,7 @@ def test_a_channels_last_run_saves_an_nchw_checkpoint_that_exports(fake_cifar, t
 
 _MALLOC_CHECK = """
 import ctypes, torch
-from spikeforge.sw import train
+from spikeforge.allocator import malloc_cache
 
 class MallInfo2(ctypes.Structure):
     _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
@@ -444,10 +447,10 @@ def mmapped_while_held():  # glibc's mallinfo2().hblkhd: the bytes the C heap ho
     return held
 
 seen = [mmapped_while_held()]
-with train.malloc_cache(True) as cached:
+with malloc_cache(True) as cached:
     seen += [cached, mmapped_while_held()]
 seen.append(mmapped_while_held())
-with train.malloc_cache(False) as cached:
+with malloc_cache(False) as cached:
     seen += [cached, mmapped_while_held()]
 print(seen)
 """
@@ -466,5 +469,5 @@ def test_malloc_cache_serves_large_tensors_from_the_heap_and_restores_the_defaul
     before, cached, during, after, not_cached, while_off = ast.literal_eval(out.stdout.strip().splitlines()[-1])
     big = 64 * 2 ** 20
     assert before >= big and cached and during < big and after >= big and not not_cached and while_off >= big
-    with pytest.raises(train_module.ConfigError, match="malloc_cache must be 'auto', 'true' or 'false'"):
+    with pytest.raises(ConfigError, match="malloc_cache must be 'auto', 'true' or 'false'"):
         TrainConfig(malloc_cache="yes").validate()

@@ -1,4 +1,7 @@
-"""Random network images for tests: chains of conv2d / dense LIF populations ending in a readout.
+"""Test support: random network images, chains of conv2d / dense LIF populations ending in a readout, and
+residual networks with joins and shortcuts.
+
+Only the tests (and the randomized comparisons of reference and hardware) use it.
 
 Every parameter is drawn from the whole legal range of its width so that the tests reach the edge cases
 (negative biases, thresholds of 1, saturation, leaks from 1 to 15, integrate-and-fire). numpy only.
@@ -9,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from spikeforge.netimage import (Network, Population, Projection, conv_output_size, required_acc_bits,
-                                 signed_range, validate)
+                                 signed_bits_for, signed_range, validate)
 
 
 def random_network(seed: int, *, input_shape=(1, 6, 6), layers=None, time_steps: int = 10,
@@ -108,8 +111,6 @@ def random_residual_network(seed: int, *, input_shape=(1, 6, 6), layers=None, ti
     readout, sometimes with a dense skip from an earlier population, are drawn. ``activity`` scales the
     thresholds as in ``random_network``.
     """
-    from spikeforge.netimage import signed_bits_for
-
     rng = np.random.default_rng(seed)
     if layers is None:
         layers = [("conv", int(rng.integers(1, 4)), 3, 1, 1)]

@@ -1,42 +1,35 @@
-"""Run the generated accelerator in Amaranth's Python simulator: images in, trace events and results out.
+"""Test support for the gateware: run the generated accelerator in Amaranth's Python simulator, images in, trace
+events and results out.
 
-The result has the same shape as sw/reference.py's ReferenceResult (spikes per lif population, readout V) so that
-tests and the command line can compare the two sides directly. numpy only, no torch.
+Only the tests use it (the product's simulations run the Verilog, spikeforge.sim.rtl). The result is a
+:class:`spikeforge.record.SpikeRecord`, the type the integer reference returns, so the tests compare the two sides
+with spikeforge.record's comparator. numpy only, no torch.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass, field
 
 import numpy as np
 from amaranth.sim import Simulator
 
 from spikeforge.netimage import Network
+from spikeforge.record import SpikeRecord
 
 from .accelerator import Accelerator
 
-__all__ = ["RtlResult", "rtl_run"]
+__all__ = ["simulate", "SOURCE"]
+
+SOURCE = "Amaranth simulation"  # the record's name in mismatch messages
 
 
-@dataclass
-class RtlResult:
-    """``spikes[p]``: uint8 [T, B, *shape] for every lif population p (None otherwise), rebuilt from the trace
-    ports; ``readout``: int64 [B, *shape]; ``cycles``: the accelerator's ``cycles`` after each image;
-    ``events``: every trace event as (image, population, step, neuron) in the order the hardware emitted them."""
-
-    spikes: list
-    readout: np.ndarray
-    cycles: list[int]
-    events: list[tuple[int, int, int, int]] = field(default_factory=list)
-    total_cycles: int = 0
-
-    def spike_counts(self) -> list[int | None]:
-        return [None if s is None else int(s.sum()) for s in self.spikes]
-
-
-def rtl_run(net: Network, images, time_steps: int | None = None, *, results_ready: float = 1.0,
-            seed: int = 0, max_cycles: int = 5_000_000, vcd: str | None = None) -> RtlResult:
+def simulate(net: Network, images, time_steps: int | None = None, *, results_ready: float = 1.0,
+            seed: int = 0, max_cycles: int = 5_000_000, vcd: str | None = None) -> SpikeRecord:
     """Simulate the accelerator on ``images`` (uint8-valued [B, C, H, W]).
+
+    The record's ``spikes`` count the events of the trace ports per neuron and step (2 or more: a neuron reported
+    twice, which the comparator names; ``events`` keeps every event as (image, population, step, neuron) in the
+    order the hardware emitted them),
+    ``cycles`` is the accelerator's ``cycles`` after each image and ``sim_cycles`` the cycles the whole simulation
+    ran.
 
     ``results_ready`` < 1 drops the results stream's ready at random (that fraction of cycles ready) to exercise
     back-pressure. Raises RuntimeError if an image does not finish within ``max_cycles``.
@@ -72,7 +65,7 @@ def rtl_run(net: Network, images, time_steps: int | None = None, *, results_read
                 b, t = divmod(state["steps"][p], T)
                 if valid:
                     if b < B:
-                        spikes[p][t, b].reshape(-1)[index] = 1
+                        spikes[p][t, b].reshape(-1)[index] += 1  # counted: a repeat shows as 2
                     events.append((b, p, t, int(index)))
                 if step_end:
                     state["steps"][p] += 1
@@ -119,5 +112,6 @@ def rtl_run(net: Network, images, time_steps: int | None = None, *, results_read
             sim.run()
     else:
         sim.run()
-    return RtlResult(spikes=spikes, readout=readout.reshape(B, *pops[-1].shape), cycles=cycles, events=events,
-                     total_cycles=state["cycle"])
+    return SpikeRecord(spikes=spikes, readout=readout.reshape(B, *pops[-1].shape), source=SOURCE,
+                       population_names=[pop.name for pop in pops], cycles=cycles, events=events,
+                       sim_cycles=state["cycle"])

@@ -14,11 +14,11 @@ import torch
 
 from spikeforge.netimage import Network, Population, Projection, signed_bits_for, signed_range, validate
 
-from .bn import BNFoldError
-from .export import VBITS_MAX, ExportError, _set_widths, _worst_case_range
-from .model import PIXEL_MAX, weight_scale
-from .resnet import BasicBlock, ConvBN, SpikingResNet
-from .resnet_fold import fold_population
+from ..bn import BNFoldError
+from ..model import PIXEL_MAX, weight_scale
+from ..resnet import BasicBlock, ConvBN, SpikingResNet
+from ..resnet_fold import fold_population
+from .widths import VBITS_MAX, ExportError, set_widths, worst_case_range
 
 __all__ = ["export_resnet", "ExportError", "MAX_WBITS"]
 
@@ -159,14 +159,14 @@ def export_resnet(model: SpikingResNet, *, max_acc_bits: int = 32, time_steps: i
     net = Network(pops, time_steps=T, metadata={
         "arch": f"{model.block.__name__}{list(model.layers)}",
         "widths": list(model.widths), "stem": model.stem_kind, "bn": model.bn_kind,
-        "exporter": "spikeforge.sw.export_resnet", "readout_scale": f"V_int = V * {area} / s_fc", "widened": notes})
+        "exporter": "spikeforge.sw.export.resnet", "readout_scale": f"V_int = V * {area} / s_fc", "widened": notes})
     for note in notes:
         warnings.warn(f"export_resnet: {note}", stacklevel=3)
     for k in range(1, len(pops)):
         pop = pops[k]
-        lo, hi = _worst_case_range(net, k, T)
+        lo, hi = worst_case_range(net, k, T)
         floor = signed_bits_for(-1, int(pop.threshold.max()) if pop.threshold is not None else 1)
         if pop.leak_shift is not None:
             floor = max(floor, pop.leak_shift + 1)
-        _set_widths(net, k, max(floor, signed_bits_for(int(min(lo, 0)), int(max(hi, 1)))), max_acc_bits)
+        set_widths(net, k, max(floor, signed_bits_for(int(min(lo, 0)), int(max(hi, 1)))), max_acc_bits)
     return validate(net, "exported resnet")
