@@ -4,9 +4,11 @@ Every framework runs in its own child process; the parent steps them in lockstep
 turn), so all see the same machine load, and reports median step times, images/s and peak memory. The peer models
 are written here, layer for layer the network of sw/resnet.py (same convs, BN, LIF with tau = 2 / leak_shift = 1,
 soft reset, arctan surrogate of width 0.5 = alpha 2, T steps, readout = mean over T of fc(global average)).
+Not part of the installed package: run it from the repository root (the peers: ``pip install`` the ``bench`` extra
+of pyproject.toml).
 
-    python -m spikeforge.sw.bench_train --width-div 4          # quick mode, writes docs/benchmarks.md
-    python -m spikeforge.sw.bench_train --device cuda --warmup 3 --steps 20   # on a GPU (peak = GPU memory)
+    python -m bench.bench_train --width-div 4          # quick mode
+    python -m bench.bench_train --device cuda --warmup 3 --steps 20   # on a GPU (peak = GPU memory)
 
 On CUDA every child turns on cuDNN autotuning (``torch.backends.cudnn.benchmark``) and keeps torch's defaults
 otherwise (TF32 convolutions); the peak memory is the GPU's (``torch.cuda.max_memory_allocated`` in the timed steps)
@@ -67,6 +69,7 @@ CONV_STACK = "conv-stack"
 CONV_STACK_BF16 = "conv-stack-bf16"  # the same convs under bf16 autocast: the ceiling of the bf16 configurations
 DEFAULT = ("spikeforge", "spikingjelly", "spikingjelly-compile", "snntorch")
 _HUGEPAGES_LINE = {"shipped": "spikeforge's children only (as shipped)", "all": "every child", "none": "no child"}
+_ROOT = Path(__file__).resolve().parent.parent  # the repository root, where the children find this module
 # --malloc-cache: glibc serves tensors above 32 MiB (a full-width layer's [T*B, C, H, W]) with a fresh mmap, so every
 # such tensor page-faults on first touch (~25% of a full-width spikeforge step on the 2026-12-02 AVX2 machine);
 # these settings keep freed memory in the heap for reuse instead (same for every framework: a process setting)
@@ -83,9 +86,9 @@ def _widths(width_div: int) -> list[int]:
 def _spikeforge_model(cfg: dict, args):
     import torch
 
-    from . import fused
-    from .fused import fused_lif_neuron, spike_input_convs
-    from .resnet import SpikingResNet, BasicBlock, lif_neuron
+    from spikeforge.sw import fused
+    from spikeforge.sw.fused import fused_lif_neuron, spike_input_convs
+    from spikeforge.sw.resnet import BasicBlock, SpikingResNet, lif_neuron
 
     fused.TRACE_STEPS_LAST = not cfg.get("nchw_loop")  # (each framework runs in a process of its own)
 
@@ -162,7 +165,7 @@ def _compile(model, mode, device: str):
     --compile true`` always does on the CPU."""
     import torch
 
-    from .fused import onednn_hang_conv
+    from spikeforge.sw.fused import onednn_hang_conv
 
     if device == "cpu" and onednn_hang_conv(model) is not None:
         return torch.compile(model, options={"layout_optimization": False})  # (no CUDA graphs on the CPU anyway)
@@ -247,7 +250,7 @@ def _conv_stack(args, bf16: bool = False):
     import torch
     from torch import nn
 
-    from .fused import onednn_weight_grad_hangs, spike_input_convs
+    from spikeforge.sw.fused import onednn_weight_grad_hangs, spike_input_convs
 
     widths = _widths(args.width_div)
     stem = nn.Conv2d(3, widths[0], 3, 1, 1, bias=False)
@@ -399,10 +402,22 @@ def all_frameworks() -> list[str]:
 
 def _hugepages(name: str, policy: str) -> str:
     """THP_MEM_ALLOC_ENABLE for a child: PyTorch's CPU allocator puts tensors of 2 MiB and more on transparent huge
-    pages when it is 1. spikeforge.sw turns it on when imported (sw/__init__.py); PyTorch's default, which the
-    peers and the bare conv stacks run with, is off. ``policy``: "shipped" (each as its users get it), "all", "none"."""
+    pages when it is 1 (it reads the variable once, at its first such allocation, so it is set in the child's
+    environment before the child starts). ``policy``: "shipped" (spikeforge's children on, as spikeforge trains; the
+    peers and the bare conv stacks at PyTorch's default, off), "all", "none"."""
     on = policy == "all" or (policy == "shipped" and name in SPIKEFORGE)
     return "1" if on else "0"
+
+
+def _child_env(name: str, args, environ: dict | None = None) -> dict:
+    """The environment of child ``name``: the parent's (``environ``, default ``os.environ``) with the thread count,
+    ``--malloc-cache``'s settings and the child's huge-page setting (whatever the parent's own value), and the
+    repository root on PYTHONPATH so that ``-m bench.bench_train`` imports from any working directory (bench/ is not
+    installed)."""
+    environ = os.environ if environ is None else environ
+    path = os.pathsep.join(p for p in (str(_ROOT), environ.get("PYTHONPATH", "")) if p)
+    return dict(environ, OMP_NUM_THREADS=str(args.threads), **(MALLOC_CACHE if args.malloc_cache else {}),
+                THP_MEM_ALLOC_ENABLE=_hugepages(name, args.hugepages), PYTHONPATH=path)
 
 
 def _is_bf16(name: str) -> bool:
@@ -411,13 +426,11 @@ def _is_bf16(name: str) -> bool:
 
 class _Child:
     def __init__(self, name: str, args):
-        cmd = [sys.executable, "-m", "spikeforge.sw.bench_train", "--child", name, "--width-div", str(args.width_div),
+        cmd = [sys.executable, "-m", "bench.bench_train", "--child", name, "--width-div", str(args.width_div),
                "--batch", str(args.batch), "--time-steps", str(args.time_steps), "--device", args.device]
         cmd += ["--trim-heap"] if args.trim_heap else []
-        env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), **(MALLOC_CACHE if args.malloc_cache else {}),
-                   THP_MEM_ALLOC_ENABLE=_hugepages(name, args.hugepages))
         self.name, self.times, self.peaks, self.gpu_peaks, self.gpu_reserved, self.error = name, [], [], [], [], None
-        self._start(cmd, env)
+        self._start(cmd, _child_env(name, args))
         self.hello = self._read()
 
     def _start(self, cmd: list[str], env: dict | None = None) -> None:
@@ -586,8 +599,9 @@ def _table(results: list[dict], args) -> str:
     return "\n".join(lines)
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m spikeforge.sw.bench_train", description=__doc__.splitlines()[0])
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of ``python -m bench.bench_train``."""
+    p = argparse.ArgumentParser(prog="python -m bench.bench_train", description=__doc__.splitlines()[0])
     p.add_argument("--width-div", type=int, default=1, help="divide every width (64-128-256-512) by this (4: quick)")
     p.add_argument("--steps", type=int, default=5, help="timed training steps per framework")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first (compilation happens here)")
@@ -604,19 +618,19 @@ def _parser() -> argparse.ArgumentParser:
                    help="run EVERY child with glibc malloc keeping freed memory for reuse (MALLOC_CACHE): no page "
                         "faults on the large per-layer tensors, more resident memory")
     p.add_argument("--hugepages", default="shipped", choices=("shipped", "all", "none"),
-                   help="which children get PyTorch's huge-page CPU allocation (THP_MEM_ALLOC_ENABLE=1): shipped = "
-                        "the spikeforge ones (spikeforge.sw turns it on; the peers run PyTorch's default, off), all, "
-                        "none")
+                   help="which children get PyTorch's huge-page CPU allocation (THP_MEM_ALLOC_ENABLE=1 in the "
+                        "child's environment; 0 in the others): shipped = the spikeforge ones (the peers and the conv "
+                        "stacks run PyTorch's default, off), all, none")
     p.add_argument("--trim-heap", action="store_true",
                    help="malloc_trim after every step (less idle memory in the waiting children; slows them)")
-    p.add_argument("--out", default=None, help="append the table to this markdown file (e.g. docs/benchmarks.md)")
+    p.add_argument("--out", default=None, help="append the command, header and table to this markdown file")
     p.add_argument("--json", default=None, help="write the raw results here")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     if args.child:
         _child(args)
         return 0
@@ -632,7 +646,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"unknown framework(s) {unknown}; choose from {', '.join(all_frameworks())}", file=sys.stderr)
         return 2
     results = run_benchmark(args)
-    command = "python -m spikeforge.sw.bench_train " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = "python -m bench.bench_train " + " ".join(argv if argv is not None else sys.argv[1:])
     table = _table(results, args)
     header = (f"ResNet-18 (CIFAR stem, widths {'-'.join(map(str, _widths(args.width_div)))}), T={args.time_steps}, "
               f"batch {args.batch}, {args.warmup} warm-up + {args.steps} timed steps each, lockstep; "

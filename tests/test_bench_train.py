@@ -1,18 +1,22 @@
-"""The training-speed benchmark's machinery (spikeforge.sw.bench_train): children, tables, CPU and CUDA reports.
+"""The training-speed benchmark's machinery (bench/bench_train.py): children, tables, CPU and CUDA reports.
 
 The peers (SpikingJelly, snnTorch) are optional extras; these tests use spikeforge's eager configuration and the
 bare conv stack, which need neither."""
 
 import json
+import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
 
-from spikeforge.sw import bench_train
+from bench import bench_train
 from spikeforge.sw.fused import _widen
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def _result(name, seconds, rss_gib, gpu_gib=None, reserved_gib=None):
@@ -30,7 +34,7 @@ def _row(table, name):
 
 
 def test_cpu_table_ratios_against_the_fastest_and_leanest_peer():
-    args = bench_train._parser().parse_args([])
+    args = bench_train.build_parser().parse_args([])
     results = [_result("spikeforge", 0.5, 1.0), _result("spikingjelly", 1.0, 2.0), _result("snntorch", 2.0, 4.0),
                {"name": "spikingjelly-compile", "error": "died: no compiler"}]
     table = bench_train._table(results, args)
@@ -40,7 +44,7 @@ def test_cpu_table_ratios_against_the_fastest_and_leanest_peer():
 
 
 def test_gpu_table_reports_gpu_memory():
-    args = bench_train._parser().parse_args(["--device", "cuda"])
+    args = bench_train.build_parser().parse_args(["--device", "cuda"])
     results = [_result("spikeforge-graphs", 0.01, 2.0, gpu_gib=1.5), _result("spikingjelly-compile", 0.02, 1.5, 3.0),
                _result("conv-stack", 0.005, 1.0, 0.5)]
     table = bench_train._table(results, args)
@@ -52,7 +56,7 @@ def test_gpu_table_reports_gpu_memory():
 def test_gpu_table_compares_the_memory_held_when_every_row_has_it():
     """A CUDA-graph replay allocates nothing (its pool was reserved when the graph was recorded): the memory ratio
     uses what each process holds (reserved), the allocated peak stays as a column without a ratio."""
-    args = bench_train._parser().parse_args(["--device", "cuda"])
+    args = bench_train.build_parser().parse_args(["--device", "cuda"])
     results = [_result("spikeforge-graphs", 0.01, 2.0, gpu_gib=0.1, reserved_gib=1.2),
                _result("spikingjelly-compile", 0.02, 1.5, 2.4, 3.0), _result("snntorch", 0.2, 1.5, 2.0, 2.4)]
     table = bench_train._table(results, args)
@@ -118,6 +122,32 @@ def test_a_real_cpu_run_writes_table_and_json(tmp_path):
 def test_hugepage_allocation_per_child(policy, expected):
     assert [bench_train._hugepages(name, policy)
             for name in ("spikeforge", "snntorch", "spikingjelly-compile", "conv-stack")] == expected
+
+
+@pytest.mark.parametrize("parent", [None, "0", "1"])
+def test_each_child_environment_sets_its_hugepage_allocation_whatever_the_parent_has(parent):
+    """The harness sets THP_MEM_ALLOC_ENABLE itself in every child's environment (it does not rely on what importing
+    spikeforge does), and puts the repository root on the child's PYTHONPATH (bench/ is not installed)."""
+    environ = {"PATH": "/usr/bin", "PYTHONPATH": "/elsewhere"}
+    if parent is not None:
+        environ["THP_MEM_ALLOC_ENABLE"] = parent
+    names = ("spikeforge", "spikeforge-bf16", "snntorch", "spikingjelly-compile", "conv-stack")
+    for policy, expected in (("shipped", ["1", "1", "0", "0", "0"]), ("all", ["1"] * 5), ("none", ["0"] * 5)):
+        args = bench_train.build_parser().parse_args(["--hugepages", policy, "--threads", "3"])
+        envs = [bench_train._child_env(name, args, environ) for name in names]
+        assert [env["THP_MEM_ALLOC_ENABLE"] for env in envs] == expected
+        for env in envs:
+            assert env["OMP_NUM_THREADS"] == "3" and env["PATH"] == "/usr/bin"
+            assert env["PYTHONPATH"].split(os.pathsep) == [str(ROOT), "/elsewhere"]
+    assert environ.get("THP_MEM_ALLOC_ENABLE") == parent  # the parent's own environment is left alone
+
+
+def test_the_harness_runs_from_the_repository_root_as_a_module():
+    """``python -m bench.bench_train`` from the repository root with a clean environment (no PYTHONPATH)."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    out = subprocess.run([sys.executable, "-m", "bench.bench_train", "--help"], cwd=ROOT, env=env,
+                         capture_output=True, text=True, check=True).stdout
+    assert out.startswith("usage: python -m bench.bench_train") and "--hugepages" in out
 
 
 @pytest.mark.parametrize("preset,expected", [(None, "1"), ("0", "0")])
