@@ -1,7 +1,7 @@
 """The event-driven kernels of 2026-12-04 evening (commit 6e15b7b, copied here as event_conv_6e15b7b.cpp) against
 the current ones (sw/csrc/event_conv.cpp), alternated call by call on the ResNet-18 benchmark's conv shapes
 (N = 320, 2 threads, medians of 7): event lists + forward + weight gradient, each side with its own weight layout
-work. Run from the repository root: .venv/bin/python docs/runs/event-conv2/old_vs_new.py"""
+work. Run from the repository root: .venv/bin/python bench/runs/event-conv2/old_vs_new.py"""
 import time
 from pathlib import Path
 

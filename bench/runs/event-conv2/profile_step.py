@@ -1,8 +1,8 @@
 """torch.profiler table of one `spikeforge` step of the training benchmark (full width; argv[1] = width divisor),
-after two untimed steps. Run from the repository root: .venv/bin/python docs/runs/event-conv2/profile_step.py"""
+after two untimed steps. Run from the repository root: PYTHONPATH=. .venv/bin/python bench/runs/event-conv2/profile_step.py"""
 import sys, argparse, torch
 from torch.profiler import profile, ProfilerActivity
-from spikeforge.sw import bench_train as bt
+from bench import bench_train as bt
 torch.set_num_threads(2)
 args = argparse.Namespace(width_div=int(sys.argv[1]) if len(sys.argv) > 1 else 1, time_steps=10, device="cpu", batch=32)
 model, forward, _ = bt._spikeforge_model(dict(bt.SPIKEFORGE["spikeforge"]), args)

@@ -1,5 +1,5 @@
 """Filling a fresh 80 MiB tensor vs a reused one (page faults). Run as
-THP_MEM_ALLOC_ENABLE=0 or =1 .venv/bin/python docs/runs/bn-fused/page_faults.py (the variable is read by PyTorch's
+THP_MEM_ALLOC_ENABLE=0 or =1 .venv/bin/python bench/runs/bn-fused/page_faults.py (the variable is read by PyTorch's
 allocator at its first large allocation)."""
 import torch, time
 torch.set_num_threads(2)

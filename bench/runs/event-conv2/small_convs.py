@@ -1,5 +1,5 @@
 """width / 4's narrow convs (16-64 channels, N = 320, 25% spikes): event-driven forward + weight gradient against oneDNN's,
-to choose event_conv.MIN_CHANNELS. Run from the repository root: .venv/bin/python docs/runs/event-conv2/small_convs.py"""
+to choose event_conv.MIN_CHANNELS. Run from the repository root: .venv/bin/python bench/runs/event-conv2/small_convs.py"""
 import time, torch, torch.nn.functional as F
 from spikeforge.sw.event_conv import _extension, _packed, _unpacked
 torch.set_num_threads(2); ext = _extension()

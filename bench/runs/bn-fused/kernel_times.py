@@ -1,8 +1,9 @@
 """Wall time of every compiled fused-node kernel in one spikeforge step of the training benchmark (argv[1] = width
-divisor), after two untimed steps. Run from the repository root: .venv/bin/python docs/runs/bn-fused/kernel_times.py 1
+divisor), after two untimed steps. Run from the repository root: PYTHONPATH=. .venv/bin/python bench/runs/bn-fused/kernel_times.py 1
 (with THP_MEM_ALLOC_ENABLE=0 in the environment for the run without huge pages)."""
 import sys, time, argparse, collections, torch
-from spikeforge.sw import bench_train as bt, fused
+from bench import bench_train as bt
+from spikeforge.sw import fused
 torch.set_num_threads(2)
 args = argparse.Namespace(width_div=int(sys.argv[1]) if len(sys.argv) > 1 else 1, time_steps=10, device="cpu", batch=32)
 model, forward, _ = bt._spikeforge_model(dict(bt.SPIKEFORGE["spikeforge"]), args)

@@ -1,6 +1,6 @@
 """The library route to event-driven convs (2026-12-04): torch.sparse CSR (MKL) times dense, i.e. the scatter form
 S[N*H*W, Cin] @ W[Cin, 9*Cout] of a 3x3 conv on spikes (the 9-way shifted sum it still needs is not even counted),
-against oneDNN's dense channels_last conv. Run: .venv/bin/python docs/runs/event-conv/sparse_csr.py"""
+against oneDNN's dense channels_last conv. Run: .venv/bin/python bench/runs/event-conv/sparse_csr.py"""
 import torch, time
 import torch.nn.functional as F
 torch.set_num_threads(2)

@@ -1,7 +1,7 @@
-"""Spike density (fraction of ones) at the input of every hidden conv: the ResNet-18 of sw/bench_train.py at
+"""Spike density (fraction of ones) at the input of every hidden conv: the ResNet-18 of bench/bench_train.py at
 initialization on random images (what the benchmark trains), and the trained Fashion-MNIST chain
-docs/runs/fm-chain-c24-e24.sfnet run by the integer reference on 500 test images.
-Run from the repository root: .venv/bin/python docs/runs/event-conv/density.py"""
+bench/runs/fm-chain-c24-e24.sfnet run by the integer reference on 500 test images.
+Run from the repository root: .venv/bin/python bench/runs/event-conv/density.py"""
 import torch
 
 from spikeforge.netimage import load
@@ -29,10 +29,10 @@ with torch.no_grad():
 print("ResNet-18 benchmark network at init, random images: density at each hidden conv's input")
 for shape, d in seen:
     print(f"  conv {list(shape)}: {d:.3f}")
-net = load("docs/runs/fm-chain-c24-e24.sfnet")
+net = load("bench/runs/fm-chain-c24-e24.sfnet")
 x, _ = load_dataset("fashion-mnist", "test")
 result = reference.run(net, x[:500])
-print("trained chain docs/runs/fm-chain-c24-e24.sfnet, 500 Fashion-MNIST test images: spike density per population")
+print("trained chain bench/runs/fm-chain-c24-e24.sfnet, 500 Fashion-MNIST test images: spike density per population")
 for pop, s in zip(net.populations, result.spikes):
     if s is not None:
         print(f"  {pop.name} {list(s.shape[2:])}: {s.float().mean().item():.3f}")

@@ -1,8 +1,8 @@
 """Step time of spikeforge-bf16 (argv[1] = width divisor) and where its aten::copy_ time goes (tensor shapes and
-the ops that called it), from torch.profiler. .venv/bin/python docs/runs/bn-fused/bf16_copies.py 4"""
+the ops that called it), from torch.profiler. PYTHONPATH=. .venv/bin/python bench/runs/bn-fused/bf16_copies.py 4"""
 import sys, argparse, torch
 from torch.profiler import profile, ProfilerActivity
-from spikeforge.sw import bench_train as bt
+from bench import bench_train as bt
 torch.set_num_threads(2)
 name = sys.argv[2] if len(sys.argv) > 2 else "spikeforge-bf16"
 args = argparse.Namespace(width_div=int(sys.argv[1]), time_steps=10, device="cpu", batch=32)
