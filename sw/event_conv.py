@@ -56,7 +56,7 @@ def available() -> bool:
 
 
 # Fewest output channels worth an event-driven conv: below a full 64-channel chunk the per-pixel list handling
-# dominates (ResNet-18 at width / 4, 16-128 channels, all event-driven: 0.87x; docs/benchmarks.md)
+# dominates (ResNet-18 at width / 4, 16-128 channels, all event-driven: 0.87x; bench/LOG.md)
 MIN_CHANNELS = 64
 
 

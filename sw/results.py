@@ -1,12 +1,13 @@
 """docs/results.md from finished training runs: every figure comes from a run's ``summary.json`` (written by
 ``spikeforge train``) or is measured here, next to the command that reproduces it.
 
-    spikeforge results build/train build/fmnist-r8 docs/runs/*.json ... [--accuracy-vs-t build/train]
-                                    [--out docs/results.md] [--png docs/accuracy_vs_T.png] [--archive docs/runs]
+    spikeforge results build/train build/fmnist-r8 bench/runs/*.json ... [--accuracy-vs-t build/train]
+                                    [--out docs/results.md] [--png docs/accuracy_vs_T.png] [--archive bench/runs]
 
 A run is a training folder (its ``summary.json``) or an archived summary: every folder given is also copied to
-``--archive``/<folder name>.json (default docs/runs/, beside ``--out``), so the page can be rebuilt after ``build/``
-is gone (``docs/runs/*.json`` in the command line; a folder given too replaces its archived copy).
+``--archive``/<folder name>.json (default bench/runs/, from the working directory like ``--out``), so the page can be
+rebuilt after ``build/`` is gone (``bench/runs/*.json`` in the command line; a folder given too replaces its archived
+copy).
 
 Per run: dataset, model, T, epochs, train images, wall time, float / QAT / deployed integer accuracy. ANN-twin runs
 are paired with the spiking run of the same dataset and architecture (the SNN-vs-ANN gap). ``--accuracy-vs-t RUN``
@@ -164,7 +165,7 @@ def render(runs: list[dict], curve: dict | None = None, command: str = "spikefor
              f"Produced by `{command}` from the runs' `summary.json` files (do not edit by hand;",
              "rerun it). Accuracies are on the full test set unless the images column says otherwise; wall times",
              "are this machine's (2 CPU cores, no GPU) and include the machine's load at the time.",
-             "The summaries are archived in docs/runs/ (one JSON per run folder).", "",
+             "The summaries are archived in bench/runs/ (one JSON per run folder).", "",
              "| run | dataset | model | T | epochs float+QAT | train images | train wall | float | QAT | deployed "
              "integer | test images | deploy-aware QAT |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in runs:
@@ -221,9 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="spikeforge results",
                                 description="Write docs/results.md (and the accuracy-vs-T plot) from training runs.")
     p.add_argument("runs", nargs="+", help="run folders (each a `spikeforge train --out`) holding summary.json, or "
-                   "archived summaries (docs/runs/*.json)")
-    p.add_argument("--archive", default=None, help="copy each run folder's summary here as <name>.json (default: "
-                   "runs/ beside --out, i.e. docs/runs; '' to skip)")
+                   "archived summaries (bench/runs/*.json)")
+    p.add_argument("--archive", default="bench/runs", help="copy each run folder's summary here as <name>.json "
+                   "(default: bench/runs; '' to skip)")
     p.add_argument("--out", default="docs/results.md")
     p.add_argument("--accuracy-vs-t", metavar="RUN", default=None,
                    help="a run folder whose network.sfnet is evaluated at T = 1..10, or its archived summary "
@@ -262,9 +263,8 @@ def main(argv=None) -> str:
         out_dir = Path(args.out).resolve().parent
         rel = png.resolve().relative_to(out_dir) if png.resolve().is_relative_to(out_dir) else png
         curve = {**stored, "run": run["run"], "trained_t": run["time_steps"], "png": str(rel)}
-    archive = Path(args.out).parent / "runs" if args.archive is None else args.archive
-    if archive:
-        archive_runs(runs, args.runs, archive)
+    if args.archive:
+        archive_runs(runs, args.runs, args.archive)
     text = render(runs, curve, " ".join(["spikeforge results", *argv]))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(text)

@@ -1,5 +1,9 @@
 import sys
 from pathlib import Path
 
-# The repository root, so that tests can import shared helpers from tests/ itself.
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+# tests/ itself, so that tests can import shared helpers from it (fake_datasets, hw_helpers), and the repository root,
+# so that they can import bench/ (the benchmarks, not installed) however pytest is started.
+_TESTS = Path(__file__).resolve().parent
+sys.path.insert(0, str(_TESTS))
+if str(_TESTS.parent) not in sys.path:
+    sys.path.insert(1, str(_TESTS.parent))

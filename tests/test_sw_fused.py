@@ -554,10 +554,11 @@ def test_narrow_resnet_trains_without_the_intermittent_onednn_hang():
     1x1 weight kept channels_last strides in the "NCHW" fallback. 60 steps in a child process must finish."""
     import subprocess
     import sys
+    from pathlib import Path
 
     code = ("import argparse, torch\n"
             "torch.set_num_threads(2)\n"
-            "from spikeforge.sw import bench_train as b\n"
+            "from bench import bench_train as b\n"
             "args = argparse.Namespace(width_div=64, time_steps=10, device='cpu', batch=1)\n"
             "model, run, _ = b._spikeforge_model(b.SPIKEFORGE['spikeforge-eager'], args)\n"
             "opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)\n"
@@ -566,7 +567,8 @@ def test_narrow_resnet_trains_without_the_intermittent_onednn_hang():
             "    opt.zero_grad(); torch.nn.functional.cross_entropy(run(x), y).backward(); opt.step()\n"
             "print('done')\n")
     try:
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                             cwd=Path(__file__).resolve().parent.parent)  # the repository root: bench/ is not installed
     except subprocess.TimeoutExpired:
         pytest.fail("60 training steps of the width-1-2-4-8 ResNet-18 did not finish in 120 s (oneDNN hang)")
     assert out.returncode == 0 and out.stdout.strip() == "done", out.stderr[-2000:]

@@ -62,10 +62,11 @@ def test_missing_run_folder_is_one_sentence(tmp_path):
         results.main([str(tmp_path / "nowhere"), "--out", str(tmp_path / "r.md")])
 
 
-def test_accuracy_vs_t_of_the_trained_demo_network(tmp_path):
+def test_accuracy_vs_t_of_the_trained_demo_network(tmp_path, monkeypatch):
     from spikeforge.sw.data import load_dataset
     from spikeforge.sw.export import deployed_accuracy
 
+    monkeypatch.chdir(tmp_path)  # the default archive, bench/runs, is relative to the working directory
     run = tmp_path / "run"
     run.mkdir()
     shutil.copy(DEMO, run / "network.sfnet")
@@ -83,7 +84,7 @@ def test_accuracy_vs_t_of_the_trained_demo_network(tmp_path):
     assert accs[0] < accs[9] - 0.05 and accs[9] > 0.9
     assert np.all(np.isfinite(accs))
     # the curve is archived with the run, so the page (table and plot) comes back once the folder is gone
-    archived = tmp_path / "docs" / "runs" / "run.json"
+    archived = tmp_path / "bench" / "runs" / "run.json"
     assert json.loads(archived.read_text())["accuracy_vs_t"]["images"] == 300
     shutil.rmtree(run)
     (tmp_path / "docs" / "acc.png").unlink()
@@ -98,32 +99,35 @@ def test_accuracy_vs_t_of_the_trained_demo_network(tmp_path):
         results.main([str(bare), "--accuracy-vs-t", str(bare), "--out", str(tmp_path / "r.md")])
 
 
-def test_the_cli_names_the_command_that_wrote_the_page(tmp_path, capsys):
+def test_the_cli_names_the_command_that_wrote_the_page(tmp_path, capsys, monkeypatch):
     from spikeforge import cli
 
+    monkeypatch.chdir(tmp_path)  # the default archive, bench/runs, is relative to the working directory
     run = tmp_path / "run"
     run.mkdir()
     (run / "summary.json").write_text(json.dumps(_summary("mnist", "demo", 0.9834, 0.9832)))
     out = tmp_path / "results.md"
     assert cli.main(["results", str(run), "--out", str(out)]) == 0
     assert f"Produced by `spikeforge results {run} --out {out}`" in out.read_text()
+    assert json.loads((tmp_path / "bench" / "runs" / "run.json").read_text())["run"] == str(run)  # the default archive
     assert cli.main(["results", str(tmp_path / "nowhere"), "--out", str(out)]) == 2
     assert "nowhere: no summary.json" in capsys.readouterr().err
 
 
-def test_archived_summaries_rebuild_the_page_without_the_run_folders(tmp_path):
+def test_archived_summaries_rebuild_the_page_without_the_run_folders(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the default archive, bench/runs, is relative to the working directory
     run = tmp_path / "build" / "fm"
     run.mkdir(parents=True)
     (run / "summary.json").write_text(json.dumps(_summary("fashion-mnist", "resnet8", 0.9361, 0.9370)))
     out = tmp_path / "docs" / "results.md"
     first = results.main([str(run), "--out", str(out)])
-    archived = tmp_path / "docs" / "runs" / "fm.json"
+    archived = tmp_path / "bench" / "runs" / "fm.json"
     assert json.loads(archived.read_text())["run"] == str(run)
     shutil.rmtree(tmp_path / "build")
     # the archive alone gives the same rows; an older archived run stays, marked where it was rebuilt from a page
     old = dict(_summary("mnist", "demo", 0.9941, 0.9941), run="build/old", reconstructed_from="docs/results.md@abc")
-    (tmp_path / "docs" / "runs" / "old.json").write_text(json.dumps(old))
-    again = results.main([str(archived), str(tmp_path / "docs" / "runs" / "old.json"), "--out", str(out)])
+    (tmp_path / "bench" / "runs" / "old.json").write_text(json.dumps(old))
+    again = results.main([str(archived), str(tmp_path / "bench" / "runs" / "old.json"), "--out", str(out)])
     row = next(line for line in first.splitlines() if line.startswith(f"| `{run}`"))
     assert row in again
     assert "| `build/old` (r) | mnist |" in again and "docs/results.md@abc" in again
