@@ -87,7 +87,8 @@ def _spikeforge_model(cfg: dict, args):
     import torch
 
     from spikeforge.sw import fused
-    from spikeforge.sw.fused import fused_lif_neuron, spike_input_convs
+    from spikeforge.sw.fused import fused_lif_neuron
+    from spikeforge.sw.spike_conv import spike_input_convs
     from spikeforge.sw.resnet import BasicBlock, SpikingResNet, lif_neuron
 
     fused.TRACE_STEPS_LAST = not cfg.get("nchw_loop")  # (each framework runs in a process of its own)
@@ -165,7 +166,7 @@ def _compile(model, mode, device: str):
     --compile true`` always does on the CPU."""
     import torch
 
-    from spikeforge.sw.fused import onednn_hang_conv
+    from spikeforge.sw.spike_conv import onednn_hang_conv
 
     if device == "cpu" and onednn_hang_conv(model) is not None:
         return torch.compile(model, options={"layout_optimization": False})  # (no CUDA graphs on the CPU anyway)
@@ -250,7 +251,7 @@ def _conv_stack(args, bf16: bool = False):
     import torch
     from torch import nn
 
-    from spikeforge.sw.fused import onednn_weight_grad_hangs, spike_input_convs
+    from spikeforge.sw.spike_conv import onednn_weight_grad_hangs, spike_input_convs
 
     widths = _widths(args.width_div)
     stem = nn.Conv2d(3, widths[0], 3, 1, 1, bias=False)

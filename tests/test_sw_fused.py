@@ -595,3 +595,12 @@ def test_compiled_kernels_get_their_own_recompile_limit_and_restore_the_global_o
     finally:
         config.recompile_limit = saved
     assert RECOMPILE_LIMIT > 8
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_widen_leaves_cpu_tensors_alone(dtype):
+    """The compiled kernels get 16-bit inputs widened only on CUDA (a Triton failure seen there); CPU unchanged."""
+    from spikeforge.sw import fused
+
+    x = torch.zeros(3, dtype=dtype)
+    assert fused._widen(x) is x and fused._widen(None) is None

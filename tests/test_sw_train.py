@@ -471,3 +471,34 @@ def test_malloc_cache_serves_large_tensors_from_the_heap_and_restores_the_defaul
     assert before >= big and cached and during < big and after >= big and not not_cached and while_off >= big
     with pytest.raises(ConfigError, match="malloc_cache must be 'auto', 'true' or 'false'"):
         TrainConfig(malloc_cache="yes").validate()
+
+
+_HUGE_PAGES_CHECK = """
+import os, sys
+import spikeforge.sw, spikeforge.sw.train
+print(os.environ.get("THP_MEM_ALLOC_ENABLE", "unset"))  # importing changes nothing
+from spikeforge.sw.train import cli, schedule
+schedule.train = lambda config: print(os.environ.get("THP_MEM_ALLOC_ENABLE", "unset"))
+cli.main(sys.argv[1:])
+"""
+
+
+@pytest.mark.parametrize("preset, argv, expected", [(None, [], "1"), ("0", [], "0"),
+                                                    ("0", ["--huge-pages", "true"], "1"),
+                                                    (None, ["--huge-pages", "false"], "0")])
+def test_huge_pages_are_a_training_option_not_an_import_side_effect(preset, argv, expected):
+    """Importing spikeforge.sw leaves PyTorch's THP_MEM_ALLOC_ENABLE alone; ``spikeforge train --huge-pages`` sets it
+    before the trainer runs: auto (the default) on unless the environment already says, true / false always."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
+    if preset is not None:
+        env["THP_MEM_ALLOC_ENABLE"] = preset
+    out = subprocess.run([sys.executable, "-c", _HUGE_PAGES_CHECK, *argv], env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == [preset or "unset", expected]
+    with pytest.raises(ConfigError, match="huge_pages must be 'auto', 'true' or 'false'"):
+        TrainConfig(huge_pages="on").validate()
