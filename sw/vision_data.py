@@ -22,8 +22,8 @@ from tqdm import tqdm
 from spikeforge.sw.data import DatasetError
 
 __all__ = ["DatasetError", "DATASETS", "load", "load_cifar10", "load_cifar100", "load_image_folder",
-           "load_imagenette", "IMAGENETTE_CLASSES", "IMAGE_EXTENSIONS", "default_cache_dir", "random_crop",
-           "random_hflip", "augment", "to_float", "channel_stats", "normalize"]
+           "load_imagenette", "imagenette_folder", "IMAGENETTE_CLASSES", "IMAGENETTE_FOLDERS", "IMAGE_EXTENSIONS",
+           "default_cache_dir", "random_crop", "random_hflip", "augment", "to_float", "channel_stats", "normalize"]
 
 DATASETS = ("cifar10", "cifar100", "imagenette", "imagefolder")
 
@@ -42,6 +42,10 @@ IMAGENETTE_CLASSES = {
     "n03000684": "chain saw", "n03028079": "church", "n03394916": "French horn", "n03417042": "garbage truck",
     "n03425413": "gas pump", "n03445777": "golf ball", "n03888257": "parachute",
 }
+# The three Imagenette downloads (folder names as unpacked) and the shorter side of their images (None: full size),
+# smallest first.
+IMAGENETTE_FOLDERS = {"imagenette2-160": 160, "imagenette2-320": 320, "imagenette2": None}
+_IMAGENETTE_FOLDER_TEXT = "an imagenette2-160, imagenette2-320 or imagenette2 folder"
 # Bump when the decoding changes, so that old cache files are not reused.
 _CACHE_FORMAT = 1
 
@@ -326,11 +330,31 @@ def load_image_folder(root, split: str = "train", size: int = 64, cache_dir=None
     return images, labels, classes
 
 
+def imagenette_folder(root, size: int = 64) -> Path:
+    """The Imagenette tree to read: ``root`` itself when it holds train/, else the one of its subfolders
+    :data:`IMAGENETTE_FOLDERS` (the three downloads) with the smallest images that are still at least ``size``
+    pixels on their shorter side, so that nothing is upscaled and the least is decoded (imagenette2-160 for sizes
+    up to 160, then imagenette2-320, then the full-size imagenette2); without such a one, the largest present."""
+    if root is None:
+        raise DatasetError("Imagenette cannot be downloaded here: pass the folder where you unpacked it (root=..., "
+                           f"{_IMAGENETTE_FOLDER_TEXT} or its parent); see docs/datasets.md")
+    root = Path(root).expanduser()
+    if not root.is_dir() or (root / "train").is_dir():
+        return root  # load_image_folder names a missing folder
+    present = [name for name in IMAGENETTE_FOLDERS if (root / name).is_dir()]
+    if not present:
+        raise DatasetError(f"Imagenette: {root} holds neither train/ nor {_IMAGENETTE_FOLDER_TEXT}; pass the "
+                           "unpacked folder or the folder that contains it (see docs/datasets.md)")
+    large_enough = [name for name in present if IMAGENETTE_FOLDERS[name] is None or IMAGENETTE_FOLDERS[name] >= size]
+    return root / (large_enough[0] if large_enough else present[-1])
+
+
 def load_imagenette(root, split: str = "train", size: int = 64, **kw) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Imagenette (fast.ai's 10-class ImageNet subset): :func:`load_image_folder` on the unpacked
-    ``imagenette2``, ``imagenette2-320`` or ``imagenette2-160`` folder. Class names are the WordNet ids of the
-    folders; :data:`IMAGENETTE_CLASSES` says what each one shows."""
-    return load_image_folder(root, split, size, what="Imagenette", **kw)
+    ``imagenette2-160``, ``imagenette2-320`` or ``imagenette2`` folder, or on the folder that contains one or more
+    of them (:func:`imagenette_folder` picks one for ``size``). Class names are the WordNet ids of the folders;
+    :data:`IMAGENETTE_CLASSES` says what each one shows."""
+    return load_image_folder(imagenette_folder(root, operator.index(size)), split, size, what="Imagenette", **kw)
 
 
 def load(name: str, split: str, root=None, **kw) -> tuple[np.ndarray, np.ndarray]:

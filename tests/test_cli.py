@@ -77,3 +77,129 @@ def test_fpga_backend_reports_an_unopenable_port(tmp_path, capsys):
     err = capsys.readouterr().err
     assert status == 2
     assert "cannot open serial port" in err and "ttyNONE" in err
+
+
+# --- run: datasets and input shapes ------------------------------------------------------------------------
+
+
+def one_sentence(capsys, status, *parts):
+    """``status`` is 2 and stderr is one `spikeforge: error:` line naming every one of ``parts``."""
+    err = capsys.readouterr().err
+    assert status == 2, err
+    assert err.startswith("spikeforge: error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    for part in parts:
+        assert str(part) in err, f"{part!r} not in {err!r}"
+    return err
+
+
+def save_network(tmp_path, input_shape, dataset=None, name="n.sfnet"):
+    net = random_network(2, input_shape=input_shape, layers=[("conv", 2, 3, 4, 1), ("dense", 10)], time_steps=2)
+    if dataset:
+        net.metadata["dataset"] = dataset
+    return str(netimage.save(net, tmp_path / name))
+
+
+def test_run_accepts_every_dataset_load_dataset_reads():
+    from spikeforge.sw import data
+
+    assert cli.DATASETS == data.DATASETS and set(cli.DATASETS) == set(data.IMAGE_SHAPES)
+    run = cli.build_parser().parse_args(["run", "n.sfnet", "--dataset", "cifar100", "--data-dir", "d"])
+    assert run.dataset == "cifar100"
+
+
+@pytest.mark.parametrize("backend", ["int", "rtl", "fpga"])
+def test_run_names_the_dataset_a_network_was_trained_on(tmp_path, capsys, backend):
+    path = save_network(tmp_path, (3, 32, 32), dataset="cifar10")
+    status = cli.main(["run", path, "--backend", backend, "--images", "2", "--port", str(tmp_path / "ttyNONE")])
+    one_sentence(capsys, status, path, "takes 3x32x32 inputs", "the mnist test images are 1x28x28",
+                 "`--dataset cifar10 --data-dir FOLDER`", "docs/datasets.md")
+
+
+def test_run_suggests_the_datasets_whose_images_fit(tmp_path, capsys):
+    path = save_network(tmp_path, (1, 28, 28))
+    status = cli.main(["run", path, "--dataset", "cifar100", "--data-dir", str(tmp_path / "not-needed")])
+    one_sentence(capsys, status, path, "takes 1x28x28 inputs", "cifar100 test images are 3x32x32",
+                 "`--dataset mnist` or `--dataset fashion-mnist`")
+
+    path = save_network(tmp_path, (3, 32, 32), name="colour.sfnet")
+    status = cli.main(["run", path])
+    one_sentence(capsys, status, "`--dataset cifar10 --data-dir FOLDER` or `--dataset cifar100 --data-dir FOLDER` "
+                                 "or `--dataset imagenette --data-dir FOLDER`")
+
+    path = save_network(tmp_path, (2, 12, 12), name="odd.sfnet")
+    status = cli.main(["run", path, "--backend", "rtl"])
+    one_sentence(capsys, status, "takes 2x12x12 inputs", "no dataset spikeforge reads has images of that shape")
+
+
+def test_run_checks_the_images_it_loaded_too(tmp_path, capsys):
+    """An IDX --data-dir may hold images of another size than the dataset's."""
+    folder = tmp_path / "idx"
+    folder.mkdir()
+    for name, array in (("t10k-images-idx3-ubyte", np.zeros((3, 20, 20), np.uint8)),
+                        ("t10k-labels-idx1-ubyte", np.zeros(3, np.uint8))):
+        header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(n).to_bytes(4, "big") for n in array.shape)
+        (folder / name).write_bytes(header + array.tobytes())
+    path = save_network(tmp_path, (1, 28, 28), dataset="fashion-mnist")
+    status = cli.main(["run", path, "--dataset", "fashion-mnist", "--data-dir", str(folder)])
+    one_sentence(capsys, status, "fashion-mnist test images are 1x20x20", f"point --data-dir at a folder", folder)
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--images", "0"], "--images 0: give a positive number of test images"),
+    (["--images", "-3"], "--images -3: give a positive number of test images"),
+    (["--time-steps", "0"], "--time-steps 0: give a positive number of time steps"),
+    (["--dataset", "cifar10"], "cifar10 cannot be downloaded here: pass --data-dir"),
+])
+def test_run_refuses_bad_options_in_one_sentence(tmp_path, capsys, args, expected):
+    path = save_network(tmp_path, (1, 28, 28) if "cifar10" not in args else (3, 32, 32))
+    one_sentence(capsys, cli.main(["run", path, *args]), expected)
+
+
+def test_demo_refuses_no_rtl_images_before_training(tmp_path, capsys):
+    status = cli.main(["demo", "--rtl-images", "0", "--out", str(tmp_path / "demo")])
+    one_sentence(capsys, status, "--rtl-images 0: give a positive number")
+    assert not (tmp_path / "demo").exists()
+
+
+def test_run_missing_colour_dataset_folder(tmp_path, capsys):
+    path = save_network(tmp_path, (3, 32, 32), dataset="cifar10")
+    status = cli.main(["run", path, "--dataset", "cifar10", "--data-dir", str(tmp_path / "nowhere")])
+    one_sentence(capsys, status, tmp_path / "nowhere", "cifar-10-batches-py")
+
+
+def test_run_a_cifar10_network_on_its_dataset(tmp_path, capsys):
+    import fake_datasets
+
+    truth = fake_datasets.write_cifar10(tmp_path / "data", n_test=4)
+    path = save_network(tmp_path, (3, 32, 32), dataset="cifar10")
+    assert cli.main(["run", path, "--dataset", "cifar10", "--data-dir", str(tmp_path / "data")]) == 0
+    assert f"on {len(truth['test'][1])} cifar10 test images" in capsys.readouterr().out
+
+
+def test_run_imagenette_from_the_parent_folder_at_the_network_size(tmp_path, capsys, monkeypatch):
+    import fake_datasets
+
+    monkeypatch.setenv("SPIKEFORGE_CACHE", str(tmp_path / "cache"))
+    truth = fake_datasets.write_image_folder(tmp_path / "data" / "imagenette2-160", size=16)
+    path = save_network(tmp_path, (3, 16, 16), dataset="imagenette")
+    status = cli.main(["run", path, "--dataset", "imagenette", "--data-dir", str(tmp_path / "data"), "--images", "4"])
+    assert status == 0
+    assert "on 4 imagenette test images" in capsys.readouterr().out and len(truth["val"]) > 4
+
+
+def test_run_torch_backend_errors_are_one_sentence(tmp_path, capsys):
+    import torch
+
+    path = save_network(tmp_path, (1, 28, 28))
+    one_sentence(capsys, cli.main(["run", path, "--backend", "torch"]), "give its checkpoint (.pt)", path)
+    one_sentence(capsys, cli.main(["run", str(tmp_path / "none.pt"), "--backend", "torch"]),
+                 "none.pt: no such checkpoint")
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_text("not a checkpoint")
+    one_sentence(capsys, cli.main(["run", str(garbage), "--backend", "torch"]),
+                 garbage, "is not a readable checkpoint", "that `spikeforge train` wrote")
+    resnet = tmp_path / "resnet.pt"
+    torch.save({"kind": "resnet", "input_shape": [3, 32, 32], "classes": 100, "config": {"dataset": "cifar100"},
+                "model": {}}, resnet)
+    one_sentence(capsys, cli.main(["run", str(resnet), "--backend", "torch"]),
+                 resnet, "takes 3x32x32 inputs", "`--dataset cifar100 --data-dir FOLDER`")

@@ -173,6 +173,41 @@ def test_imagenette_tree_decodes_resizes_and_crops(tmp_path):
     assert small.shape == (len(truth["val"]), 3, 8, 8)
 
 
+@pytest.mark.parametrize("download", ["imagenette2-160", "imagenette2-320", "imagenette2"])
+def test_imagenette_from_the_unpacked_folder_or_its_parent(tmp_path, download):
+    truth = fake_datasets.write_image_folder(tmp_path / "data" / download, size=16)
+    for root in (truth["root"], tmp_path / "data"):
+        images, labels = load("imagenette", "test", root, size=16, cache=False, progress=False)
+        check_against_truth(images, labels, truth["val"], 16)
+
+
+def test_imagenette_parent_with_several_sizes_reads_the_smallest_that_is_large_enough(tmp_path):
+    parent = tmp_path / "data"
+    small = fake_datasets.write_image_folder(parent / "imagenette2-160", size=16, seed=1)
+    fake_datasets.write_image_folder(parent / "imagenette2-320", size=16, seed=2)
+    assert vision_data.imagenette_folder(parent, 64) == parent / "imagenette2-160"
+    assert vision_data.imagenette_folder(parent, 160) == parent / "imagenette2-160"
+    assert vision_data.imagenette_folder(parent, 224) == parent / "imagenette2-320"
+    assert vision_data.imagenette_folder(parent, 400) == parent / "imagenette2-320"  # the largest there is
+    fake_datasets.write_image_folder(parent / "imagenette2", size=16, seed=3)
+    assert vision_data.imagenette_folder(parent, 400) == parent / "imagenette2"
+    assert vision_data.imagenette_folder(small["root"], 400) == small["root"]  # a tree itself is read as given
+    images, labels = load("imagenette", "train", parent, size=16, cache=False, progress=False)
+    check_against_truth(images, labels, small["train"], 16)
+
+
+def test_imagenette_folder_errors_name_what_to_pass(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DatasetError) as info:
+        load_imagenette(tmp_path / "empty", "train", cache=False)
+    one_sentence(info, tmp_path / "empty", "imagenette2-160", "imagenette2-320", "or the folder that contains it")
+    from spikeforge.sw.data import load_dataset
+
+    with pytest.raises(DatasetError) as info:
+        load_dataset("imagenette", "test")
+    one_sentence(info, "--data-dir", "imagenette2-160", "imagenette2-320", "or its parent", "docs/datasets.md")
+
+
 def test_image_folder_converts_every_mode_to_rgb(tmp_path):
     from PIL import Image
 
