@@ -126,7 +126,7 @@ def test_estimate_memory_residual():
 def test_hw_does_not_import_torch():
     import subprocess
     import sys
-    code = ("import sys, spikeforge.hw.accelerator, spikeforge.hw.layers, spikeforge.hw.simulate; "
+    code = ("import sys, spikeforge.hw.accelerator, spikeforge.hw.layers, spikeforge.hw.testing; "
             "bad = [m for m in sys.modules if m == 'torch' or m.startswith('spikeforge.sw')]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)

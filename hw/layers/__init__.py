@@ -1,0 +1,16 @@
+"""The building blocks of the accelerator: the input unit, the layer unit (with one fan-out walker per
+projection) and the event fan-out, joined by event streams.
+
+Every unit speaks the same protocol (:mod:`.events`): a stream of events, each naming one neuron of its population
+(channel, row, column, flat index) with a value (the pixel for the input, 1 for a spike), and an end-of-step token
+after the last event of each time step. hw/accelerator.py wires the units into the network's graph; this package
+knows nothing of the graph.
+"""
+
+from .events import event_layout, index_bits, is_diagonal, projection_groups, weight_rom
+from .fanout import EventFanout, FanoutWalker
+from .input_unit import InputUnit
+from .layer_unit import LayerUnit
+
+__all__ = ["event_layout", "index_bits", "projection_groups", "is_diagonal", "weight_rom", "InputUnit",
+           "EventFanout", "FanoutWalker", "LayerUnit"]
