@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench import bench_train
+from bench import bench_train, models as bench_models
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -159,9 +159,9 @@ def test_compiled_frameworks_avoid_the_onednn_hang_at_narrow_widths(monkeypatch,
 
     calls = []
     monkeypatch.setattr(torch, "compile", lambda model, **kw: calls.append(kw) or model)
-    widths = bench_train._widths(width_div)
+    widths = bench_models.widths(width_div)
     model = nn.Sequential(nn.Conv2d(3, widths[0], 3, 1, 1), nn.Conv2d(widths[0], widths[1], 1, 2))
-    bench_train._compile(model, True, device)
+    bench_models.compile_model(model, True, device)
     assert calls == [{"options": {"layout_optimization": False}} if not layout_choice else {}]
 
 
@@ -172,7 +172,7 @@ def test_the_nchwloop_ablation_switches_the_traced_loop_layout(monkeypatch):
     from spikeforge.sw import fused
     monkeypatch.setattr(fused, "TRACE_STEPS_LAST", True)
     args = types.SimpleNamespace(width_div=64, time_steps=2, device="cpu", batch=1)
-    bench_train._spikeforge_model(bench_train.SPIKEFORGE["spikeforge-compile-nchwloop"], args)
+    bench_models.spikeforge_model(bench_models.SPIKEFORGE["spikeforge-compile-nchwloop"], args)
     assert fused.TRACE_STEPS_LAST is False
-    bench_train._spikeforge_model(bench_train.SPIKEFORGE["spikeforge-graphs-bf16"], args)
+    bench_models.spikeforge_model(bench_models.SPIKEFORGE["spikeforge-graphs-bf16"], args)
     assert fused.TRACE_STEPS_LAST is True

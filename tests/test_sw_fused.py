@@ -558,9 +558,9 @@ def test_narrow_resnet_trains_without_the_intermittent_onednn_hang():
 
     code = ("import argparse, torch\n"
             "torch.set_num_threads(2)\n"
-            "from bench import bench_train as b\n"
+            "from bench import models as b\n"
             "args = argparse.Namespace(width_div=64, time_steps=10, device='cpu', batch=1)\n"
-            "model, run, _ = b._spikeforge_model(b.SPIKEFORGE['spikeforge-eager'], args)\n"
+            "model, run, _ = b.spikeforge_model(b.SPIKEFORGE['spikeforge-eager'], args)\n"
             "opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)\n"
             "x, y = torch.rand(1, 3, 32, 32), torch.tensor([3])\n"
             "for _ in range(60):\n"
