@@ -8,7 +8,7 @@ A map, from the neuron up (each module imports only the ones above it):
   is spikes), ``folding`` (BN into integer thresholds and biases), ``bn`` (the BN kinds of the paper);
 - models: ``model`` (the chain), ``resnet`` and ``resnet_fold`` (spiking ResNets), ``config`` (TrainConfig),
   ``models`` (the model a config or a checkpoint names);
-- data: ``data`` (MNIST-style IDX sets), ``vision_data`` (CIFAR, Imagenette);
+- data: ``data`` (datasets by name: MNIST-style IDX sets in ``data.idx``, CIFAR and Imagenette in ``data.vision``);
 - deployment: ``reference`` (docs/semantics.md in PyTorch), ``export`` (model -> network file);
 - training: ``gradflow`` (surrogate width vs gradient flow), ``train`` (the schedule, ``spikeforge train``),
   ``results`` (docs/results.md from finished runs).

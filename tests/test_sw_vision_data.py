@@ -1,4 +1,4 @@
-"""Colour datasets read from user folders and batch augmentation (spikeforge.sw.vision_data), on tiny fake
+"""Colour datasets read from user folders and batch augmentation (spikeforge.sw.data.vision), on tiny fake
 datasets in the real formats that tests/fake_datasets.py writes."""
 
 import os
@@ -9,9 +9,9 @@ import pytest
 import torch
 
 import fake_datasets
-from spikeforge.sw import vision_data
+from spikeforge.sw.data import vision as vision_data
 from spikeforge.sw.data import DatasetError
-from spikeforge.sw.vision_data import (augment, channel_stats, load, load_cifar10, load_cifar100, load_image_folder,
+from spikeforge.sw.data.vision import (augment, channel_stats, load, load_cifar10, load_cifar100, load_image_folder,
                                        load_imagenette, normalize, random_crop, random_hflip, to_float)
 
 

@@ -12,7 +12,7 @@ from torch import nn
 from ..config import TrainConfig
 from ..data import MNIST_STYLE
 from ..model import PIXEL_MAX
-from ..vision_data import augment as augment_colour
+from ..data.vision import augment as augment_colour
 
 __all__ = ["batches", "augment", "train_batch", "optimizer", "lr_scheduler", "freeze_bn", "recalibrate_bn"]
 

@@ -1,7 +1,7 @@
 """Colour vision datasets that cannot be downloaded here, read from folders the user already has, and batch
 augmentation in plain torch (torchvision does not import beside our torch build).
 
-Loaders follow sw.data.load_dataset: raw pixels, uint8 [N, 3, H, W], and int64 labels, so the trainer divides by 255
+Loaders follow spikeforge.sw.data.load_dataset: raw pixels, uint8 [N, 3, H, W], and int64 labels, so the trainer divides by 255
 itself and the deployed network sees the bytes unchanged. CIFAR-10/100 come from their "python version" pickles;
 Imagenette (or any ImageNet-style class-folder tree) is decoded once with Pillow and cached as a NumPy file.
 """
@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from spikeforge.sw.data import DatasetError
+from .errors import DatasetError
 
 __all__ = ["DatasetError", "DATASETS", "load", "load_cifar10", "load_cifar100", "load_image_folder",
            "load_imagenette", "imagenette_folder", "IMAGENETTE_CLASSES", "IMAGENETTE_FOLDERS", "IMAGE_EXTENSIONS",
