@@ -19,7 +19,7 @@ RESNET_ARCHS = ("resnet8", "resnet10", "resnet18", "resnet34", "resnet50")
 AUTO_WIDTHS = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0)  # the candidates of --surrogate-width auto
 # compiled: sw/fused.py's FusedLIF with its torch.compile'd T-step kernels (the default: fastest); fused: the same
 # without torch.compile; autograd: sw/neuron.py's LIF, recorded step by step by autograd. Same spikes; gradients
-# equal up to float rounding (tests/test_sw_fused.py).
+# equal up to float rounding (tests/sw/test_fused.py).
 LIF_IMPLEMENTATIONS = ("compiled", "fused", "autograd")
 
 

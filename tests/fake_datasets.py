@@ -1,17 +1,33 @@
-"""Writers of tiny fake datasets in the real on-disk formats (CIFAR-10/100 "python version" pickles, an
-Imagenette-style class-folder tree of PNG and JPEG files), for tests: the real ones cannot be downloaded here.
+"""Writers of tiny fake datasets in the real on-disk formats (MNIST-style IDX files, CIFAR-10/100 "python version"
+pickles, an Imagenette-style class-folder tree of PNG and JPEG files), for tests: the real ones cannot be downloaded
+here.
 
 Each writer returns what it wrote, so a test can compare the loader's output with the truth.
 """
 
 from __future__ import annotations
 
+import gzip
 import io
 import pickle
 import struct
 from pathlib import Path
 
 import numpy as np
+
+def write_idx(path, array, compress=True):
+    """One IDX file of unsigned bytes (gzip-compressed unless ``compress`` is False), as MNIST ships them."""
+    array = np.asarray(array, np.uint8)
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(n).to_bytes(4, "big") for n in array.shape)
+    raw = header + array.tobytes()
+    if compress:
+        with gzip.open(path, "wb") as f:
+            f.write(raw)
+    else:
+        path.write_bytes(raw)
+    return path
+
+
 
 CIFAR10_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 

@@ -1,5 +1,5 @@
-"""Shared helpers of the tests/test_hw_*.py files (no tests here): hand-edited networks and the golden-reference
-comparison."""
+"""Shared helpers of the hardware tests (no tests here): hand-edited networks, the demo-shaped network, the
+golden-reference comparison, and a host's side of the UART."""
 
 from __future__ import annotations
 
@@ -56,3 +56,34 @@ def assert_rtl_matches_reference(net: Network, images, time_steps: int | None = 
                 f"population {p} ('{net.populations[p].name}') emitted {emitted} spike events for "
                 f"{int(ref_spikes.sum())} spikes (an event was duplicated or dropped)")
     return rtl, ref
+
+
+DEMO_LAYERS = [("conv", 8, 3, 2, 1), ("conv", 16, 3, 2, 1), ("dense", 10)]
+
+
+def demo_shaped_network(seed=7):
+    """input 1x28x28, conv3x3 s2 p1 1->8, conv3x3 s2 p1 8->16, dense 784->10 readout, 4-bit weights."""
+    return random_network(seed, input_shape=(1, 28, 28), layers=DEMO_LAYERS, wbits=4, time_steps=10)
+
+
+async def send_byte(ctx, pin, value: int, divisor: int, stop: int = 1) -> None:
+    """Drive one 8N1 frame onto ``pin`` (as a host's UART would), bit by bit."""
+    for bit in [0] + [(value >> i) & 1 for i in range(8)] + [stop]:
+        ctx.set(pin, bit)
+        await ctx.tick().repeat(divisor)
+    ctx.set(pin, 1)
+
+
+async def receive_byte(ctx, pin, divisor: int) -> int:
+    """Wait for a start bit on ``pin`` and sample the frame in the middle of each bit; checks the stop bit."""
+    while ctx.get(pin):
+        await ctx.tick()
+    await ctx.tick().repeat(divisor // 2)
+    assert ctx.get(pin) == 0, "start bit not low in its middle"
+    value = 0
+    for i in range(8):
+        await ctx.tick().repeat(divisor)
+        value |= ctx.get(pin) << i
+    await ctx.tick().repeat(divisor)
+    assert ctx.get(pin) == 1, "stop bit not high"
+    return value

@@ -141,7 +141,7 @@ def test_run_checks_the_images_it_loaded_too(tmp_path, capsys):
         (folder / name).write_bytes(header + array.tobytes())
     path = save_network(tmp_path, (1, 28, 28), dataset="fashion-mnist")
     status = cli.main(["run", path, "--dataset", "fashion-mnist", "--data-dir", str(folder)])
-    one_sentence(capsys, status, "fashion-mnist test images are 1x20x20", f"point --data-dir at a folder", folder)
+    one_sentence(capsys, status, "fashion-mnist test images are 1x20x20", "point --data-dir at a folder", folder)
 
 
 @pytest.mark.parametrize("args, expected", [

@@ -15,7 +15,7 @@ from spikeforge.sw.export import export_network
 from spikeforge.sw.models import build_model, evaluate_checkpoint
 from spikeforge.sw.spike_conv import SpikeInputConv2d
 from spikeforge.sw.train import cli as train_cli, runtime, schedule, steps, train
-from test_sw_data import write_idx
+from fake_datasets import write_idx
 
 
 @pytest.fixture(scope="module")

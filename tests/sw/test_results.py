@@ -13,7 +13,7 @@ from spikeforge.sw import results
 from spikeforge.sw.config import TrainConfig
 from spikeforge.sw.train import cli as train_cli, schedule
 
-DEMO = Path(__file__).parent / "data" / "demo-mnist.sfnet"
+DEMO = Path(__file__).resolve().parents[1] / "data" / "demo-mnist.sfnet"
 
 
 def test_train_command_reproduces_the_config(monkeypatch):

@@ -13,7 +13,7 @@ from spikeforge.sw.bn import BNTT, SharedBN, TdBN, bn_affine, make_bn
 from spikeforge.sw.export import ExportError, export_resnet
 from spikeforge.sw.resnet import (BasicBlock, Bottleneck, ConvBN, SpikingResNet, lif_neuron, resnet8, resnet10,
                                   resnet18, resnet50)
-from test_sw_export import _set_weights as set_exact_weights
+from sw_helpers import set_exact_weights
 
 # exact_resnet's downsample scales widen shortcut projections on purpose; the join test checks that warning
 pytestmark = pytest.mark.filterwarnings("ignore:export_resnet:UserWarning")

@@ -1,6 +1,5 @@
 """Offline dataset loading (spikeforge.sw.data) on small IDX files that the tests write themselves."""
 
-import gzip
 
 import numpy as np
 import pytest
@@ -8,18 +7,7 @@ import pytest
 from spikeforge.sw import data
 from spikeforge.sw.data import idx
 from spikeforge.sw.data import DatasetError, load_dataset, read_idx
-
-
-def write_idx(path, array, compress=True):
-    array = np.asarray(array, np.uint8)
-    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(n).to_bytes(4, "big") for n in array.shape)
-    raw = header + array.tobytes()
-    if compress:
-        with gzip.open(path, "wb") as f:
-            f.write(raw)
-    else:
-        path.write_bytes(raw)
-    return path
+from fake_datasets import write_idx
 
 
 def write_fake_idx_folder(folder, n_train=12, n_test=5, seed=0):

@@ -11,15 +11,7 @@ from amaranth.back import verilog
 from spikeforge.hw.accelerator import Accelerator, UnsupportedNetworkError, consumers, estimate_memory
 from spikeforge.testing import random_images, random_network, random_residual_network
 from spikeforge.netimage import Projection, required_acc_bits, validate
-from hw_helpers import assert_rtl_matches_reference
-
-DEMO_LAYERS = [("conv", 8, 3, 2, 1), ("conv", 16, 3, 2, 1), ("dense", 10)]
-
-
-def demo_shaped_network(seed=7):
-    """input 1x28x28, conv3x3 s2 p1 1->8, conv3x3 s2 p1 8->16, dense 784->10 readout, 4-bit weights."""
-    return random_network(seed, input_shape=(1, 28, 28), layers=DEMO_LAYERS, wbits=4, time_steps=10)
-
+from hw_helpers import assert_rtl_matches_reference, demo_shaped_network
 
 def test_builds_skip_connection():
     """What the chain-only generator refused (a readout fed by layer1 and, skipping it, by the input) now builds

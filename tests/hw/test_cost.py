@@ -60,8 +60,7 @@ def test_accumulate_cycles_track_event_count():
 def test_demo_shaped_network_on_a_digit_like_image():
     """The demo shape (1x28x28 -> conv s2 8 -> conv s2 16 -> dense 10, 4-bit weights), T=10, one image with a
     stroke-like blob of ~120 nonzero pixels: bit-exact, and the cycle count is reported (2-3 minutes)."""
-    from test_hw_generator import demo_shaped_network
-    from hw_helpers import assert_rtl_matches_reference
+    from hw_helpers import assert_rtl_matches_reference, demo_shaped_network
     net = demo_shaped_network()
     yy, xx = np.mgrid[0:28, 0:28]
     ring = np.abs(np.hypot(yy - 14, xx - 14) - 7) < 1.6

@@ -11,18 +11,9 @@ from spikeforge.sw import reference
 from spikeforge.sw.export import ExportError, deployed_accuracy, export_network, membrane_statistics
 from spikeforge.sw.folding import fold_channels, start_half_up
 from spikeforge.sw.model import Architecture, SpikingNet
+from sw_helpers import set_exact_weights
 
 T = 6
-
-
-def _set_weights(layer, rng, scale, wmax):
-    """Integer weights in [-wmax, wmax] with a +-wmax in every output channel, so Brevitas' per-channel (or
-    per-tensor) max-abs scale is exactly ``scale`` (a power of two)."""
-    w = rng.integers(-wmax, wmax + 1, size=layer.weight.shape)
-    w.reshape(w.shape[0], -1)[:, 0] = wmax * rng.choice([-1, 1], size=w.shape[0])
-    layer.weight.data = torch.tensor(w * scale, dtype=torch.float32)
-    q = layer.quant_weight()
-    assert torch.all(q.scale == scale) and torch.equal(q.int().long(), torch.tensor(w)), "scale is not exact"
 
 
 def _set_bn(bn, a, d):
@@ -44,11 +35,11 @@ def exact_model(seed=0):
     arch = Architecture.parse("c3s2w4-c4s1w4-d3w4", input_shape=(1, 6, 6))
     model = SpikingNet(arch, time_steps=T)
     b1, b2 = model.blocks
-    _set_weights(b1.layer, rng, 0.125, 7)
+    set_exact_weights(b1.layer, rng, 0.125, 7)
     _set_bn(b1.bn, [2.0, -4.0, 0.0], [0.25, 0.5, 0.25])
-    _set_weights(b2.layer, rng, 0.125, 7)
+    set_exact_weights(b2.layer, rng, 0.125, 7)
     _set_bn(b2.bn, [1.0, -2.0, 0.5, 0.0], [0.125, -0.25, 0.0, 0.375])
-    _set_weights(model.readout.layer, rng, 0.125, 7)
+    set_exact_weights(model.readout.layer, rng, 0.125, 7)
     model.readout.layer.bias.data = torch.tensor([0.125, -0.5, 0.0])
     return model.eval()
 

@@ -568,7 +568,7 @@ def test_narrow_resnet_trains_without_the_intermittent_onednn_hang():
             "print('done')\n")
     try:
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                             cwd=Path(__file__).resolve().parent.parent)  # the repository root: bench/ is not installed
+                             cwd=Path(__file__).resolve().parents[2])  # the repository root: bench/ is not installed
     except subprocess.TimeoutExpired:
         pytest.fail("60 training steps of the width-1-2-4-8 ResNet-18 did not finish in 120 s (oneDNN hang)")
     assert out.returncode == 0 and out.stdout.strip() == "done", out.stderr[-2000:]

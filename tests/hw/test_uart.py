@@ -10,29 +10,7 @@ from amaranth.hdl import Module
 from amaranth.sim import Simulator
 
 from spikeforge.hw.uart import UartRx, UartTx
-
-
-async def send_byte(ctx, pin, value: int, divisor: int, stop: int = 1) -> None:
-    """Drive one 8N1 frame onto ``pin`` (as a host's UART would), bit by bit."""
-    for bit in [0] + [(value >> i) & 1 for i in range(8)] + [stop]:
-        ctx.set(pin, bit)
-        await ctx.tick().repeat(divisor)
-    ctx.set(pin, 1)
-
-
-async def receive_byte(ctx, pin, divisor: int) -> int:
-    """Wait for a start bit on ``pin`` and sample the frame in the middle of each bit; checks the stop bit."""
-    while ctx.get(pin):
-        await ctx.tick()
-    await ctx.tick().repeat(divisor // 2)
-    assert ctx.get(pin) == 0, "start bit not low in its middle"
-    value = 0
-    for i in range(8):
-        await ctx.tick().repeat(divisor)
-        value |= ctx.get(pin) << i
-    await ctx.tick().repeat(divisor)
-    assert ctx.get(pin) == 1, "stop bit not high"
-    return value
+from hw_helpers import receive_byte, send_byte
 
 
 @pytest.mark.parametrize("divisor", [4, 5, 8, 13])

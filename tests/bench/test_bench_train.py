@@ -15,7 +15,7 @@ import torch
 
 from bench import bench_train, models as bench_models
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _result(name, seconds, rss_gib, gpu_gib=None, reserved_gib=None):

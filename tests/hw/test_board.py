@@ -18,7 +18,7 @@ from spikeforge.hw.testing import simulate
 from spikeforge.testing import random_images, random_network
 from spikeforge.netimage import required_acc_bits, validate
 from spikeforge.sw.reference import run as reference_run
-from test_uart import receive_byte, send_byte
+from hw_helpers import receive_byte, send_byte
 
 DIVISOR = 5
 

@@ -18,7 +18,7 @@ from spikeforge.sim.rtl import run_rtl
 from spikeforge.sw.data import load_dataset
 from spikeforge.sw.reference import run as reference_run
 
-DEMO_NETWORK = Path(__file__).resolve().parent / "data" / "demo-mnist.sfnet"
+DEMO_NETWORK = Path(__file__).resolve().parents[1] / "data" / "demo-mnist.sfnet"
 IMAGES = 20
 T = 10
 
