@@ -188,7 +188,8 @@ def test_the_top_level_package_imports_no_torch_when_imported():
     top = [m for m in MODULES if m.count(".") <= 1 and not m.startswith(("spikeforge.sw", "spikeforge.hw",
                                                                            "spikeforge.sim"))]
     edges = _edges(module_level_only=True)
-    bad = [f"{m} -> {t}" for m in top for t in sorted(_reach(edges, m)) if t == "torch" or t.startswith("spikeforge.sw")]
+    bad = [f"{m} -> {t}" for m in top for t in sorted(_reach(edges, m))
+           if t == "torch" or t.startswith("spikeforge.sw")]
     assert "spikeforge.cli" in top and not bad, bad
 
 

@@ -58,5 +58,6 @@ def load_dataset(name: str, split: str, root: str | Path | None = None, **kw) ->
     if name == "mnist":
         return load_mnist(split)
     if name == "fashion-mnist":
-        return load_idx_folder(idx.FASHION_MNIST_DIR, split, "Fashion-MNIST", FASHION_INSTALL)  # read at call time: tests point it elsewhere
+        # idx.FASHION_MNIST_DIR read at call time: tests point it elsewhere
+        return load_idx_folder(idx.FASHION_MNIST_DIR, split, "Fashion-MNIST", FASHION_INSTALL)
     raise DatasetError(f"unknown dataset {name!r}; choose one of {DATASETS} or pass --data-dir with IDX files")
