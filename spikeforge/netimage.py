@@ -26,8 +26,8 @@ PROJECTION_KINDS = ("conv2d", "dense")
 
 # Limits (docs/network-file.md, "Limits"). The reader checks each declared size against them before it allocates or
 # decompresses anything, so a small file cannot make it allocate more than the largest legal network needs. They
-# are generous: a full-width ResNet-50 on 3 x 224 x 224 images (25.6 M weights, 0.8 M neurons in its largest
-# population, about 10 M in all) fits. They also keep every partial sum below 2^56 (at most 2^25 weights of
+# are generous: a full-width ResNet-50 on 3 x 224 x 224 images (25.5 M weights, 0.8 M neurons in its largest
+# population, 9.8 M in all) fits. They also keep every partial sum below 2^56 (at most 2^25 weights of
 # magnitude <= 2^15 times pixels < 2^16), so the int64 arithmetic of partial_sum_bounds cannot overflow.
 MAX_TIME_STEPS = 65535
 MAX_MANIFEST_BYTES = 1 << 20
