@@ -1,14 +1,17 @@
 """The network image: the one file that couples training (spikeforge.sw) and hardware (spikeforge.hw).
 
 A network image is a ZIP archive holding ``manifest.json`` (layer descriptors and widths) and one NumPy ``.npy``
-array per parameter tensor. docs/network-file.md documents every field so that a third party can write one
-without this code. This module is torch-free on purpose: the gateware generator imports it.
+array per parameter tensor. docs/network-file.md documents every field, rule and limit so that a third party can
+write one without this code. This module holds the types, the rules (``validate``) and the writer; reading a file
+nobody vouches for is spikeforge.netreader's job, behind ``load``. Both are torch-free on purpose: the gateware
+generator imports them.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import math
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +23,24 @@ FORMAT_VERSION = 1
 MAX_ACC_BITS = 48  # the float64 reference is exact far beyond this; the limit only keeps files sane
 KINDS = ("input", "lif", "readout")
 PROJECTION_KINDS = ("conv2d", "dense")
+
+# Limits (docs/network-file.md, "Limits"). The reader checks each declared size against them before it allocates or
+# decompresses anything, so a small file cannot make it allocate more than the largest legal network needs. They
+# are generous: a full-width ResNet-50 on 3 x 224 x 224 images (25.5 M weights, 0.8 M neurons in its largest
+# population, 9.8 M in all) fits. They also keep every partial sum below 2^56 (at most 2^25 weights of
+# magnitude <= 2^15 times pixels < 2^16), so the int64 arithmetic of partial_sum_bounds cannot overflow.
+MAX_TIME_STEPS = 65535
+MAX_MANIFEST_BYTES = 1 << 20
+MAX_JSON_DEPTH = 64
+MAX_NAME_CHARS = 256
+MAX_POPULATIONS = 1024
+MAX_PROJECTIONS = 4096
+MAX_POPULATION_NEURONS = 1 << 22
+MAX_NETWORK_NEURONS = 1 << 24
+MAX_ARRAY_ELEMENTS = 1 << 24
+MAX_TOTAL_ELEMENTS = 1 << 25
+MAX_STRIDE = 65535
+MAX_PADDING = 65535
 
 
 class NetworkFileError(ValueError):
@@ -72,7 +93,7 @@ class Population:
 
     @property
     def size(self) -> int:
-        return int(np.prod(self.shape))
+        return math.prod(int(d) for d in self.shape)
 
 
 @dataclass
@@ -129,17 +150,22 @@ def partial_sum_bounds(net: Network, index: int) -> tuple[int, int]:
     full kernel is counted even at padded borders, which can only make the bound larger.
     """
     pop = net.populations[index]
-    lo = np.zeros(pop.size, np.int64)
-    hi = np.zeros(pop.size, np.int64)
+    # Per channel, not per neuron: a conv kernel is shared by a channel's H x W neurons, and a file's shape alone
+    # must not make this allocate. Only a dense projection has per-neuron rows, and it already holds them.
+    per_channel = pop.size // pop.channels
+    lo = np.zeros((pop.channels, 1), np.int64)
+    hi = np.zeros((pop.channels, 1), np.int64)
     for proj in pop.projections:
         xmax = source_max(net, proj.source)
         w = proj.weight.reshape(proj.weight.shape[0], -1)
         pos = np.where(w > 0, w, 0).sum(axis=1) * xmax
         neg = np.where(w < 0, w, 0).sum(axis=1) * xmax
-        if proj.kind == "conv2d":  # one kernel per output channel, shared by its H x W neurons
-            pos, neg = np.repeat(pos, pop.size // pop.channels), np.repeat(neg, pop.size // pop.channels)
-        hi += pos
-        lo += neg
+        if proj.kind == "conv2d":  # one kernel per output channel
+            pos, neg = pos[:, None], neg[:, None]
+        else:  # row r is the neuron of flat index r, in channel r // per_channel
+            pos, neg = pos.reshape(pop.channels, per_channel), neg.reshape(pop.channels, per_channel)
+        hi = hi + pos
+        lo = lo + neg
     return int(lo.min()), int(hi.max())
 
 
@@ -154,21 +180,79 @@ def required_acc_bits(net: Network, index: int) -> int:
 # --- validation ---------------------------------------------------------------------------------------------
 
 
+def is_integer(value) -> bool:
+    """An integer in the file's sense: a Python or NumPy integer, never a bool (``True`` is not 1 here)."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def is_integer_array(value) -> bool:
+    return isinstance(value, np.ndarray) and value.dtype.kind in "iu"
+
+
+def is_integer_pair(value) -> bool:
+    return isinstance(value, (tuple, list)) and len(value) == 2 and all(is_integer(x) for x in value)
+
+
+def name_problem(name) -> str | None:
+    """Why a population name is not allowed, or None. Names become ZIP member names when saved (a NUL would cut
+    one short, a lone surrogate cannot be encoded), hence the character rules."""
+    if not isinstance(name, str) or not name:
+        return "must be a non-empty string"
+    if len(name) > MAX_NAME_CHARS:
+        return f"must be at most {MAX_NAME_CHARS} characters long, not {len(name)}"
+    for c in name:
+        if ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F or 0xD800 <= ord(c) <= 0xDFFF:
+            return f"must not contain control characters or unpaired surrogates (found U+{ord(c):04X})"
+    return None
+
+
+def projection_shape_problem(kind: str, src_shape, pop_shape, weight_shape, stride, padding) -> str | None:
+    """Why a projection's weight shape (and for conv2d its stride and padding) does not connect ``src_shape`` to
+    ``pop_shape``, or None. Shared by ``validate`` and the reader, which asks before it reads the weights."""
+    if kind == "conv2d":
+        if len(pop_shape) != 3 or len(src_shape) != 3:
+            return f"conv2d connects C x H x W populations ({list(src_shape)} -> {list(pop_shape)})"
+        if len(weight_shape) != 4 or weight_shape[0] != pop_shape[0] or weight_shape[1] != src_shape[0]:
+            return f"conv2d weight must have shape [{pop_shape[0]}, {src_shape[0]}, KH, KW], not {list(weight_shape)}"
+        if weight_shape[2] < 1 or weight_shape[3] < 1:
+            return f"a conv2d kernel must be at least 1x1, not {weight_shape[2]}x{weight_shape[3]}"
+        if not (all(1 <= s <= MAX_STRIDE for s in stride) and all(0 <= p <= MAX_PADDING for p in padding)):
+            return (f"stride must be in 1..{MAX_STRIDE} and padding in 0..{MAX_PADDING}, not {list(stride)} / "
+                    f"{list(padding)}")
+        out = tuple(conv_output_size(src_shape[1 + a], weight_shape[2 + a], stride[a], padding[a]) for a in range(2))
+        if out != tuple(pop_shape[1:]):
+            return (f"a {weight_shape[2]}x{weight_shape[3]} conv with stride {tuple(stride)} and padding "
+                    f"{tuple(padding)} maps {list(src_shape)} to {[pop_shape[0], *out]}, not {list(pop_shape)}")
+        return None
+    want = (math.prod(pop_shape), math.prod(src_shape))
+    if tuple(weight_shape) != want:
+        return f"dense weight must have shape [{want[0]}, {want[1]}], not {list(weight_shape)}"
+    return None
+
+
 def validate(net: Network, where: str = "network") -> Network:
-    """Check every rule of docs/network-file.md; raise NetworkFileError naming the first broken one."""
+    """Check every rule and limit of docs/network-file.md; raise NetworkFileError naming the first broken one."""
 
     def fail(msg: str):
         raise NetworkFileError(f"{where}: {msg}")
 
     pops = net.populations
-    if not isinstance(net.time_steps, int) or not 1 <= net.time_steps <= 65535:
-        fail(f"time_steps must be an integer in 1..65535, not {net.time_steps!r}")
+    if not is_integer(net.time_steps) or not 1 <= net.time_steps <= MAX_TIME_STEPS:
+        fail(f"time_steps must be an integer in 1..{MAX_TIME_STEPS}, not {net.time_steps!r}")
+    if not isinstance(net.metadata, dict):
+        fail(f"metadata must be a dict (a JSON object), not {type(net.metadata).__name__}")
     if len(pops) < 2:
         fail("a network needs an input population and at least a readout population")
+    if len(pops) > MAX_POPULATIONS:
+        fail(f"a network has at most {MAX_POPULATIONS} populations, not {len(pops)}")
     names = set()
+    neurons = elements = projections = 0
     for i, pop in enumerate(pops):
-        tag = f"population {i} ('{pop.name}')"
-        if not isinstance(pop.name, str) or not pop.name or pop.name in names:
+        tag = f"population {i} ({pop.name!r})"
+        problem = name_problem(pop.name)
+        if problem is not None:
+            fail(f"{tag}: the name {problem}")
+        if pop.name in names:
             fail(f"{tag}: names must be non-empty and unique")
         names.add(pop.name)
         if pop.kind not in KINDS:
@@ -177,62 +261,80 @@ def validate(net: Network, where: str = "network") -> Network:
         if pop.kind != want_kind:
             fail(f"{tag}: must be of kind '{want_kind}' (population 0 is the input, the last is the readout, "
                  f"all others are lif), not '{pop.kind}'")
-        if len(pop.shape) not in (1, 3) or any((not isinstance(d, int)) or d < 1 for d in pop.shape):
-            fail(f"{tag}: shape must be [C, H, W] or [N] of positive integers, not {list(pop.shape)}")
+        shape = pop.shape
+        if (not isinstance(shape, (tuple, list)) or len(shape) not in (1, 3)
+                or not all(is_integer(d) and d >= 1 for d in shape)):
+            fail(f"{tag}: shape must be [C, H, W] or [N] of positive integers, not {shape!r}")
+        # each factor first, so that an absurd shape is refused before its product is formed
+        if any(d > MAX_POPULATION_NEURONS for d in shape) or pop.size > MAX_POPULATION_NEURONS:
+            fail(f"{tag}: a population has at most {MAX_POPULATION_NEURONS} neurons, not {' x '.join(map(str, shape))}")
+        neurons += pop.size
+        if neurons > MAX_NETWORK_NEURONS:
+            fail(f"{tag}: the populations up to this one hold {neurons} neurons, more than the limit of "
+                 f"{MAX_NETWORK_NEURONS} for a network")
         if pop.kind == "input":
-            if len(pop.shape) != 3:
-                fail(f"{tag}: the input's shape must be [C, H, W], not {list(pop.shape)}")
-            if not 1 <= pop.bits <= 16:
-                fail(f"{tag}: input bits must be in 1..16, not {pop.bits}")
+            if len(shape) != 3:
+                fail(f"{tag}: the input's shape must be [C, H, W], not {list(shape)}")
+            if not is_integer(pop.bits) or not 1 <= pop.bits <= 16:
+                fail(f"{tag}: input bits must be in 1..16, not {pop.bits!r}")
             if pop.projections:
                 fail(f"{tag}: the input population receives no projections")
+            if pop.bias is not None or pop.threshold is not None or pop.leak_shift is not None:
+                fail(f"{tag}: the input population has no bias, threshold or leak_shift")
             continue
-        if not 2 <= pop.vbits <= 32:
-            fail(f"{tag}: vbits must be in 2..32, not {pop.vbits}")
-        if pop.leak_shift is not None and not (1 <= pop.leak_shift <= 15 and pop.leak_shift < pop.vbits):
-            fail(f"{tag}: leak_shift must be null or in 1..15 and below vbits, not {pop.leak_shift}")
+        if not is_integer(pop.vbits) or not 2 <= pop.vbits <= 32:
+            fail(f"{tag}: vbits must be in 2..32, not {pop.vbits!r}")
+        if pop.leak_shift is not None and not (is_integer(pop.leak_shift) and 1 <= pop.leak_shift <= 15
+                                               and pop.leak_shift < pop.vbits):
+            fail(f"{tag}: leak_shift must be null or in 1..15 and below vbits, not {pop.leak_shift!r}")
+        if not is_integer(pop.acc_bits) or not 1 <= pop.acc_bits <= MAX_ACC_BITS:
+            fail(f"{tag}: acc_bits must be an integer of at most {MAX_ACC_BITS}, not {pop.acc_bits!r}")
         vlo, vhi = signed_range(pop.vbits)
-        if pop.bias is None or pop.bias.shape != (pop.channels,):
+        if not is_integer_array(pop.bias) or pop.bias.shape != (pop.channels,):
             fail(f"{tag}: bias must have one integer per channel, shape [{pop.channels}]")
+        elements += pop.bias.size
         if pop.kind == "lif":
             th = pop.threshold
-            if th is None or th.shape != (pop.channels,):
+            if not is_integer_array(th) or th.shape != (pop.channels,):
                 fail(f"{tag}: threshold must have one integer per channel, shape [{pop.channels}]")
-            if th.min() < 1 or th.max() > vhi:
+            if int(th.min()) < 1 or int(th.max()) > vhi:
                 fail(f"{tag}: thresholds must lie in 1..{vhi} (vbits={pop.vbits}), found {th.min()}..{th.max()}")
+            elements += th.size
         elif pop.threshold is not None:
             fail(f"{tag}: the readout does not fire and has no threshold")
         if not pop.projections:
             fail(f"{tag}: receives no projection")
         for k, proj in enumerate(pop.projections):
             ptag = f"{tag}, projection {k}"
-            if not (isinstance(proj.source, int) and 0 <= proj.source < i):
+            projections += 1
+            if projections > MAX_PROJECTIONS:
+                fail(f"{ptag}: a network has at most {MAX_PROJECTIONS} projections")
+            if not (is_integer(proj.source) and 0 <= proj.source < i):
                 fail(f"{ptag}: source must be an earlier population's index (0..{i - 1}), not {proj.source!r}")
             src = pops[proj.source]
             if proj.kind not in PROJECTION_KINDS:
                 fail(f"{ptag}: kind must be one of {PROJECTION_KINDS}, not {proj.kind!r}")
-            if not 2 <= proj.wbits <= 16:
-                fail(f"{ptag}: wbits must be in 2..16, not {proj.wbits}")
-            wlo, whi = signed_range(proj.wbits)
+            if not is_integer(proj.wbits) or not 2 <= proj.wbits <= 16:
+                fail(f"{ptag}: wbits must be in 2..16, not {proj.wbits!r}")
             w = proj.weight
-            if w.size and (w.min() < wlo or w.max() > whi):
+            if not is_integer_array(w):
+                fail(f"{ptag}: weight must be an array of integers")
+            if w.size > MAX_ARRAY_ELEMENTS:
+                fail(f"{ptag}: an array has at most {MAX_ARRAY_ELEMENTS} elements, not {w.size}")
+            elements += w.size
+            if elements > MAX_TOTAL_ELEMENTS:
+                fail(f"{ptag}: the arrays up to this one hold {elements} integers, more than the limit of "
+                     f"{MAX_TOTAL_ELEMENTS} for a network")
+            if not (is_integer_pair(proj.stride) and is_integer_pair(proj.padding)):
+                fail(f"{ptag}: stride and padding must be pairs of integers, not {proj.stride!r} / {proj.padding!r}")
+            if proj.kind == "dense" and (tuple(proj.stride) != (1, 1) or tuple(proj.padding) != (0, 0)):
+                fail(f"{ptag}: a dense projection has no stride or padding, not {proj.stride!r} / {proj.padding!r}")
+            problem = projection_shape_problem(proj.kind, src.shape, pop.shape, w.shape, proj.stride, proj.padding)
+            if problem is not None:
+                fail(f"{ptag}: {problem}")
+            wlo, whi = signed_range(proj.wbits)
+            if w.size and (int(w.min()) < wlo or int(w.max()) > whi):
                 fail(f"{ptag}: weights must fit {proj.wbits} signed bits ({wlo}..{whi}), found {w.min()}..{w.max()}")
-            if proj.kind == "conv2d":
-                if len(pop.shape) != 3 or len(src.shape) != 3:
-                    fail(f"{ptag}: conv2d connects C x H x W populations ({list(src.shape)} -> {list(pop.shape)})")
-                if w.ndim != 4 or w.shape[0] != pop.shape[0] or w.shape[1] != src.shape[0]:
-                    fail(f"{ptag}: conv2d weight must have shape [{pop.shape[0]}, {src.shape[0]}, KH, KW], "
-                         f"not {list(w.shape)}")
-                if any(s < 1 for s in proj.stride) or any(p < 0 for p in proj.padding):
-                    fail(f"{ptag}: stride must be >= 1 and padding >= 0, not {proj.stride} / {proj.padding}")
-                out = tuple(conv_output_size(src.shape[1 + a], w.shape[2 + a], proj.stride[a], proj.padding[a])
-                            for a in range(2))
-                if out != tuple(pop.shape[1:]):
-                    fail(f"{ptag}: a {w.shape[2]}x{w.shape[3]} conv with stride {proj.stride} and padding "
-                         f"{proj.padding} maps {list(src.shape)} to {[pop.shape[0], *out]}, not {list(pop.shape)}")
-            else:
-                if w.ndim != 2 or w.shape != (pop.size, src.size):
-                    fail(f"{ptag}: dense weight must have shape [{pop.size}, {src.size}], not {list(w.shape)}")
         need = required_acc_bits(net, i)
         if need > MAX_ACC_BITS:
             fail(f"{tag}: its inputs can reach sums that need a {need}-bit accumulator, more than {MAX_ACC_BITS}")
@@ -240,7 +342,7 @@ def validate(net: Network, where: str = "network") -> Network:
             fail(f"{tag}: acc_bits={pop.acc_bits} is too narrow: leak(V) plus a partial sum of its inputs can "
                  f"need {need} bits; set acc_bits to at least {need}")
         blo, bhi = signed_range(pop.acc_bits)
-        if pop.bias.min() < blo or pop.bias.max() > bhi:
+        if int(pop.bias.min()) < blo or int(pop.bias.max()) > bhi:
             fail(f"{tag}: biases must fit acc_bits={pop.acc_bits} signed bits")
     return net
 
@@ -255,17 +357,20 @@ def _array_bytes(array: np.ndarray) -> bytes:
 
 
 def save(net: Network, path: str | Path) -> Path:
-    """Validate and write a network image."""
+    """Validate and write a network image; whatever this writes, ``load`` reads back unchanged."""
+    from spikeforge.netreader import decode_manifest  # netreader builds on this module, so it comes in late
+
     path = Path(path)
     validate(net, str(path))
     arrays: dict[str, np.ndarray] = {}
     manifest_pops = []
     for pop in net.populations:
-        entry: dict = {"name": pop.name, "kind": pop.kind, "shape": list(pop.shape)}
+        entry: dict = {"name": pop.name, "kind": pop.kind, "shape": [int(d) for d in pop.shape]}
         if pop.kind == "input":
-            entry["bits"] = pop.bits
+            entry["bits"] = int(pop.bits)
         else:
-            entry.update(vbits=pop.vbits, acc_bits=pop.acc_bits, leak_shift=pop.leak_shift)
+            entry.update(vbits=int(pop.vbits), acc_bits=int(pop.acc_bits),
+                         leak_shift=None if pop.leak_shift is None else int(pop.leak_shift))
             arrays[f"{pop.name}.bias"] = pop.bias
             entry["bias"] = f"{pop.name}.bias"
             if pop.threshold is not None:
@@ -275,100 +380,37 @@ def save(net: Network, path: str | Path) -> Path:
             for k, proj in enumerate(pop.projections):
                 key = f"{pop.name}.p{k}.weight"
                 arrays[key] = proj.weight
-                pe = {"source": net.populations[proj.source].name, "kind": proj.kind, "wbits": proj.wbits,
+                pe = {"source": net.populations[proj.source].name, "kind": proj.kind, "wbits": int(proj.wbits),
                       "weight": key}
                 if proj.kind == "conv2d":
-                    pe.update(stride=list(proj.stride), padding=list(proj.padding))
+                    pe.update(stride=[int(s) for s in proj.stride], padding=[int(p) for p in proj.padding])
                 entry["projections"].append(pe)
         manifest_pops.append(entry)
-    manifest = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "time_steps": net.time_steps,
+    manifest = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "time_steps": int(net.time_steps),
                 "metadata": net.metadata, "populations": manifest_pops}
+    try:
+        text = json.dumps(manifest, indent=1, allow_nan=False)
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise NetworkFileError(f"{path}: metadata cannot be written as JSON ({exc}); keep it to dicts, lists, "
+                               "strings, finite numbers, booleans and None") from None
+    decode_manifest(text.encode(), str(path))  # the reader's JSON rules: size, nesting depth
     path.parent.mkdir(parents=True, exist_ok=True)
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        zf.writestr("manifest.json", json.dumps(manifest, indent=1))
+        zf.writestr("manifest.json", text)
         for key, array in arrays.items():
             zf.writestr(f"arrays/{key}.npy", _array_bytes(array))
     return path
 
 
 def load(path: str | Path) -> Network:
-    """Read and validate a network image; any defect raises NetworkFileError naming the file and the field."""
-    path = Path(path)
-    where = str(path)
-    if not path.is_file():
-        raise NetworkFileError(f"{where}: no such network file; create one with `spikeforge export`")
-    try:
-        with zipfile.ZipFile(path) as zf:
-            try:
-                manifest = json.loads(zf.read("manifest.json"))
-            except KeyError:
-                raise NetworkFileError(f"{where}: not a spikeforge network image (no manifest.json inside)") from None
-            members = set(zf.namelist())
+    """Read and validate a network image; any defect raises NetworkFileError naming the file and the field.
 
-            def array(key, tag):
-                if not isinstance(key, str) or f"arrays/{key}.npy" not in members:
-                    raise NetworkFileError(f"{where}: {tag} names array {key!r}, which the file does not contain")
-                try:
-                    a = np.load(io.BytesIO(zf.read(f"arrays/{key}.npy")), allow_pickle=False)
-                except ValueError as exc:
-                    raise NetworkFileError(f"{where}: array {key!r} is not a valid .npy array ({exc})") from None
-                if a.dtype.kind not in "iu":
-                    raise NetworkFileError(f"{where}: array {key!r} must hold integers, not {a.dtype}")
-                return a.astype(np.int64)
+    Every declared size is checked against the limits before anything is allocated or decompressed (see
+    spikeforge.netreader), so no file can crash the reader, hang it or exhaust memory.
+    """
+    from spikeforge.netreader import read_network  # netreader builds on this module, so it comes in late
 
-            return _from_manifest(manifest, array, where)
-    except zipfile.BadZipFile:
-        raise NetworkFileError(f"{where}: not a spikeforge network image (not a ZIP archive); "
-                               "create one with `spikeforge export`") from None
-    except json.JSONDecodeError as exc:
-        raise NetworkFileError(f"{where}: manifest.json is not valid JSON ({exc})") from None
-
-
-def _from_manifest(manifest, array, where: str) -> Network:
-    def fail(msg):
-        raise NetworkFileError(f"{where}: {msg}")
-
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
-        fail(f"manifest.json must have \"format\": \"{FORMAT_NAME}\"")
-    if manifest.get("version") != FORMAT_VERSION:
-        fail(f"format version {manifest.get('version')!r} is not supported (this spikeforge reads version "
-             f"{FORMAT_VERSION}); re-export the network with this version")
-    raw_pops = manifest.get("populations")
-    if not isinstance(raw_pops, list):
-        fail("manifest.json needs a list \"populations\"")
-    names: dict[str, int] = {}
-    pops = []
-    for i, rp in enumerate(raw_pops):
-        tag = f"population {i}"
-        if not isinstance(rp, dict):
-            fail(f"{tag} must be a JSON object")
-        try:
-            pop = Population(name=rp["name"], kind=rp["kind"], shape=tuple(rp["shape"]))
-            if pop.kind == "input":
-                pop.bits = rp.get("bits", 8)
-            else:
-                pop.vbits, pop.acc_bits, pop.leak_shift = rp["vbits"], rp["acc_bits"], rp.get("leak_shift")
-                pop.bias = array(rp["bias"], f"{tag} bias")
-                if rp.get("threshold") is not None:
-                    pop.threshold = array(rp["threshold"], f"{tag} threshold")
-                for k, rj in enumerate(rp["projections"]):
-                    if rj.get("source") not in names:
-                        fail(f"{tag}, projection {k}: source {rj.get('source')!r} is not an earlier population")
-                    pop.projections.append(Projection(
-                        source=names[rj["source"]], kind=rj["kind"], weight=array(rj["weight"], f"{tag} weight"),
-                        wbits=rj["wbits"], stride=tuple(rj.get("stride", (1, 1))),
-                        padding=tuple(rj.get("padding", (0, 0)))))
-        except (KeyError, TypeError) as exc:
-            fail(f"{tag} is missing or mistypes field {exc}")
-        for attr in ("bits", "vbits", "acc_bits"):
-            if not isinstance(getattr(pop, attr), int):
-                fail(f"{tag}: {attr} must be an integer")
-        if not isinstance(pop.name, str):
-            fail(f"{tag}: name must be a string")
-        names[pop.name] = i
-        pops.append(pop)
-    net = Network(pops, time_steps=manifest.get("time_steps", 10), metadata=manifest.get("metadata", {}))
-    return validate(net, where)
+    return read_network(path)
 
 
 def summary(net: Network) -> str:
@@ -395,4 +437,7 @@ def parameter_bits(net: Network) -> int:
 
 __all__ = ["Network", "Population", "Projection", "NetworkFileError", "load", "save", "validate", "summary",
            "required_acc_bits", "partial_sum_bounds", "signed_range", "signed_bits_for", "conv_output_size",
-           "source_max", "FORMAT_VERSION"]
+           "source_max", "FORMAT_VERSION", "FORMAT_NAME", "MAX_ACC_BITS", "MAX_TIME_STEPS", "MAX_MANIFEST_BYTES",
+           "MAX_JSON_DEPTH", "MAX_NAME_CHARS", "MAX_POPULATIONS", "MAX_PROJECTIONS", "MAX_POPULATION_NEURONS",
+           "MAX_NETWORK_NEURONS", "MAX_ARRAY_ELEMENTS", "MAX_TOTAL_ELEMENTS", "MAX_STRIDE", "MAX_PADDING",
+           "parameter_bits", "projection_shape_problem", "name_problem", "is_integer"]
