@@ -253,7 +253,7 @@ def cmd_demo(args) -> int:
     bit = argparse.Namespace(network=str(network_path), board=args.board, out=str(out / "bitstream"),
                              time_steps=None)
     cmd_bitstream(bit)
-    print(f"\nfloat / QAT / deployed accuracy: " + " / ".join(
+    print("\nfloat / QAT / deployed accuracy: " + " / ".join(
         f"{summary.get(k, float('nan')) * 100:.2f}%" for k in ("float_accuracy", "qat_accuracy", "deployed_accuracy")))
     print(f"demo finished in {time.perf_counter() - started:.0f} s")
     return 0

@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 
 from netfile_helpers import npy_bytes, npy_header, patch_entry, read_members, write, zip_bytes
-from spikeforge import netimage, netreader
-from spikeforge.netgen import random_network
+from spikeforge import netimage
+from spikeforge.netimage import reader as netreader
+from spikeforge.testing import random_network
 from spikeforge.netimage import Network, NetworkFileError, Population, Projection
 
 

@@ -1,20 +1,12 @@
-"""The network image: the one file that couples training (spikeforge.sw) and hardware (spikeforge.hw).
-
-A network image is a ZIP archive holding ``manifest.json`` (layer descriptors and widths) and one NumPy ``.npy``
-array per parameter tensor. docs/network-file.md documents every field, rule and limit so that a third party can
-write one without this code. This module holds the types, the rules (``validate``) and the writer; reading a file
-nobody vouches for is spikeforge.netreader's job, behind ``load``. Both are torch-free on purpose: the gateware
-generator imports them.
+"""What a network image holds: the types (Network, Population, Projection), the limits and rules of
+docs/network-file.md (``validate``), and the integer facts the exporter, the loader and the gateware share (partial
+sum bounds, accumulator widths). The reader (.reader) and the writer (.writer) build on it.
 """
 
 from __future__ import annotations
 
-import io
-import json
 import math
-import zipfile
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
@@ -350,69 +342,6 @@ def validate(net: Network, where: str = "network") -> Network:
 # --- reading and writing ------------------------------------------------------------------------------------
 
 
-def _array_bytes(array: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, np.ascontiguousarray(array, dtype=np.int64), allow_pickle=False)
-    return buf.getvalue()
-
-
-def save(net: Network, path: str | Path) -> Path:
-    """Validate and write a network image; whatever this writes, ``load`` reads back unchanged."""
-    from spikeforge.netreader import decode_manifest  # netreader builds on this module, so it comes in late
-
-    path = Path(path)
-    validate(net, str(path))
-    arrays: dict[str, np.ndarray] = {}
-    manifest_pops = []
-    for pop in net.populations:
-        entry: dict = {"name": pop.name, "kind": pop.kind, "shape": [int(d) for d in pop.shape]}
-        if pop.kind == "input":
-            entry["bits"] = int(pop.bits)
-        else:
-            entry.update(vbits=int(pop.vbits), acc_bits=int(pop.acc_bits),
-                         leak_shift=None if pop.leak_shift is None else int(pop.leak_shift))
-            arrays[f"{pop.name}.bias"] = pop.bias
-            entry["bias"] = f"{pop.name}.bias"
-            if pop.threshold is not None:
-                arrays[f"{pop.name}.threshold"] = pop.threshold
-                entry["threshold"] = f"{pop.name}.threshold"
-            entry["projections"] = []
-            for k, proj in enumerate(pop.projections):
-                key = f"{pop.name}.p{k}.weight"
-                arrays[key] = proj.weight
-                pe = {"source": net.populations[proj.source].name, "kind": proj.kind, "wbits": int(proj.wbits),
-                      "weight": key}
-                if proj.kind == "conv2d":
-                    pe.update(stride=[int(s) for s in proj.stride], padding=[int(p) for p in proj.padding])
-                entry["projections"].append(pe)
-        manifest_pops.append(entry)
-    manifest = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "time_steps": int(net.time_steps),
-                "metadata": net.metadata, "populations": manifest_pops}
-    try:
-        text = json.dumps(manifest, indent=1, allow_nan=False)
-    except (TypeError, ValueError, RecursionError) as exc:
-        raise NetworkFileError(f"{path}: metadata cannot be written as JSON ({exc}); keep it to dicts, lists, "
-                               "strings, finite numbers, booleans and None") from None
-    decode_manifest(text.encode(), str(path))  # the reader's JSON rules: size, nesting depth
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        zf.writestr("manifest.json", text)
-        for key, array in arrays.items():
-            zf.writestr(f"arrays/{key}.npy", _array_bytes(array))
-    return path
-
-
-def load(path: str | Path) -> Network:
-    """Read and validate a network image; any defect raises NetworkFileError naming the file and the field.
-
-    Every declared size is checked against the limits before anything is allocated or decompressed (see
-    spikeforge.netreader), so no file can crash the reader, hang it or exhaust memory.
-    """
-    from spikeforge.netreader import read_network  # netreader builds on this module, so it comes in late
-
-    return read_network(path)
-
-
 def summary(net: Network) -> str:
     """A human-readable table of the populations, their widths and parameter counts."""
     lines = [f"{'#':>2} {'name':<10} {'kind':<8} {'shape':<14} {'vbits':>5} {'acc':>4} {'leak':>4}  projections"]
@@ -433,11 +362,3 @@ def summary(net: Network) -> str:
 
 def parameter_bits(net: Network) -> int:
     return sum(int(p.weight.size) * p.wbits for pop in net.populations for p in pop.projections)
-
-
-__all__ = ["Network", "Population", "Projection", "NetworkFileError", "load", "save", "validate", "summary",
-           "required_acc_bits", "partial_sum_bounds", "signed_range", "signed_bits_for", "conv_output_size",
-           "source_max", "FORMAT_VERSION", "FORMAT_NAME", "MAX_ACC_BITS", "MAX_TIME_STEPS", "MAX_MANIFEST_BYTES",
-           "MAX_JSON_DEPTH", "MAX_NAME_CHARS", "MAX_POPULATIONS", "MAX_PROJECTIONS", "MAX_POPULATION_NEURONS",
-           "MAX_NETWORK_NEURONS", "MAX_ARRAY_ELEMENTS", "MAX_TOTAL_ELEMENTS", "MAX_STRIDE", "MAX_PADDING",
-           "parameter_bits", "projection_shape_problem", "name_problem", "is_integer"]

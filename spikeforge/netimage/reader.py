@@ -1,4 +1,4 @@
-"""Reading a network file that nobody vouches for: the engine behind ``spikeforge.netimage.load``.
+"""Reading a network file that nobody vouches for: ``spikeforge.netimage.load``.
 
 Every declared size (the manifest's bytes, population shapes, each ``.npy`` header's dtype and shape, each ZIP
 member's length) is checked against the limits of docs/network-file.md before anything is allocated or
@@ -23,11 +23,11 @@ from typing import Callable
 import numpy as np
 from numpy.lib import format as npy_format
 
-from spikeforge.netimage import (FORMAT_NAME, FORMAT_VERSION, KINDS, MAX_ACC_BITS, MAX_ARRAY_ELEMENTS,
-                                 MAX_JSON_DEPTH, MAX_MANIFEST_BYTES, MAX_NETWORK_NEURONS, MAX_POPULATION_NEURONS,
-                                 MAX_POPULATIONS, MAX_PROJECTIONS, MAX_TIME_STEPS, MAX_TOTAL_ELEMENTS,
-                                 PROJECTION_KINDS, Network, NetworkFileError, Population, Projection,
-                                 projection_shape_problem, validate)
+from .model import (FORMAT_NAME, FORMAT_VERSION, KINDS, MAX_ACC_BITS, MAX_ARRAY_ELEMENTS,
+                    MAX_JSON_DEPTH, MAX_MANIFEST_BYTES, MAX_NETWORK_NEURONS, MAX_POPULATION_NEURONS,
+                    MAX_POPULATIONS, MAX_PROJECTIONS, MAX_TIME_STEPS, MAX_TOTAL_ELEMENTS,
+                    PROJECTION_KINDS, Network, NetworkFileError, Population, Projection,
+                    projection_shape_problem, validate)
 
 MANIFEST = "manifest.json"
 NPY_VERSIONS = ((1, 0), (2, 0))
@@ -423,8 +423,11 @@ class GuardedMember:
 # --- the whole file -----------------------------------------------------------------------------------------------
 
 
-def read_network(path: str | Path) -> Network:
-    """Read, check and validate a network file (``netimage.load``)."""
+def load(path: str | Path) -> Network:
+    """Read and validate a network image; any defect raises NetworkFileError naming the file and the field.
+
+    Every declared size is checked against the limits before anything is allocated or decompressed, so no file can
+    crash the reader, hang it or exhaust memory."""
     path = Path(path)
     where = str(path)
     if not path.exists():

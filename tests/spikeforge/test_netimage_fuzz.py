@@ -1,6 +1,6 @@
 """A property-based fuzzer for the network-file loader: no file may crash it, hang it or exhaust its memory.
 
-Starting from valid files (random networks of spikeforge.netgen and the committed demo network), hypothesis
+Starting from valid files (random networks of spikeforge.testing and the committed demo network), hypothesis
 applies up to three mutations: to the manifest (fields deleted, retyped, replaced by edge values, huge shapes,
 reordered populations, other encodings), to the arrays (dtypes, shapes, values, garbage, truncation, lying
 headers) and to the ZIP archive (duplicate, extra, missing, encrypted or recompressed members, lying sizes and CRCs,
@@ -32,13 +32,13 @@ from hypothesis import strategies as st
 
 from netfile_helpers import npy_bytes, npy_header, npy_split, patch_entry, read_members, zip_bytes
 from spikeforge import netimage
-from spikeforge.netgen import random_network, random_residual_network
+from spikeforge.testing import random_network, random_residual_network
 from spikeforge.netimage import NetworkFileError
 
 FUZZ_EXAMPLES = int(os.environ.get("SPIKEFORGE_FUZZ_EXAMPLES", "2000"))  # about 20 s on 2 cores
 TIME_BOUND_S = 2.0
 MEMORY_BOUND = 100 << 20
-DEMO = Path(__file__).parent / "data" / "demo-mnist.sfnet"
+DEMO = Path(__file__).resolve().parents[1] / "data" / "demo-mnist.sfnet"
 
 EDGE_INTEGERS = [0, 1, -1, 2, 3, 7, 8, 15, 16, 17, 31, 32, 33, 47, 48, 49, 64, 255, 256, 65535, 65536, 1 << 22,
                  (1 << 22) + 1, (1 << 24) + 1, (1 << 31) - 1, 1 << 31, 1 << 32, (1 << 63) - 1, 1 << 63, 1 << 64,
