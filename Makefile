@@ -42,8 +42,9 @@ $(STAMP): pyproject.toml Makefile
 demo: setup
 	$(BIN)/spikeforge demo --dataset $(DATASET) --out $(BUILD)/demo
 
+# -n auto: pytest-xdist, one worker per core (the suite spends most of its time on one core otherwise)
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto
 
 test-slow: setup
 	$(BIN)/python -m pytest -q -m slow
