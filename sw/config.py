@@ -13,7 +13,7 @@ from .model import ARCHITECTURES, Architecture
 from .neuron import SURROGATES
 
 __all__ = ["ConfigError", "TrainConfig", "PRESETS", "preset", "config_key", "RESNET_ARCHS", "AUTO_WIDTHS",
-           "LIF_IMPLEMENTATIONS", "RUN_ONLY", "ADDED_FIELDS", "ALIASES"]
+           "LIF_IMPLEMENTATIONS", "CHOICES", "RUN_ONLY", "ADDED_FIELDS", "ALIASES"]
 
 RESNET_ARCHS = ("resnet8", "resnet10", "resnet18", "resnet34", "resnet50")
 AUTO_WIDTHS = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0)  # the candidates of --surrogate-width auto
@@ -21,6 +21,13 @@ AUTO_WIDTHS = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0)  # the candidates of --surrogate
 # without torch.compile; autograd: sw/neuron.py's LIF, recorded step by step by autograd. Same spikes; gradients
 # equal up to float rounding (tests/sw/test_fused.py).
 LIF_IMPLEMENTATIONS = ("compiled", "fused", "autograd")
+
+
+# the string fields that take one of a few values (the command line passes them through as written)
+CHOICES = {"optimizer": ("adamw", "sgd"), "schedule": ("onecycle", "cosine"), "amp": ("off", "bf16", "fp16"),
+           "channels_last": ("auto", "true", "false"), "malloc_cache": ("auto", "true", "false"),
+           "huge_pages": ("auto", "true", "false"), "event_convs": ("auto", "true", "false"),
+           "device": ("auto", "cpu", "cuda")}
 
 
 class ConfigError(ValueError):
@@ -97,24 +104,13 @@ class TrainConfig:
     def validate(self) -> "TrainConfig":
         if self.surrogate not in SURROGATES:
             raise ConfigError(f"surrogate must be one of {sorted(SURROGATES)}, not {self.surrogate!r}")
-        if self.optimizer not in ("adamw", "sgd"):
-            raise ConfigError(f"optimizer must be 'adamw' or 'sgd', not {self.optimizer!r}")
-        if self.schedule not in ("onecycle", "cosine"):
-            raise ConfigError(f"schedule must be 'onecycle' or 'cosine', not {self.schedule!r}")
+        for name, allowed in CHOICES.items():
+            value = getattr(self, name)
+            if value not in allowed:
+                options = [repr(a) for a in allowed]
+                raise ConfigError(f"{name} must be {', '.join(options[:-1])} or {options[-1]}, not {value!r}")
         if self.epochs_float < 0 or self.epochs_qat < 0 or self.epochs_float + self.epochs_qat == 0:
             raise ConfigError("epochs_float and epochs_qat must be >= 0, with at least one epoch in all")
-        if self.amp not in ("off", "bf16", "fp16"):
-            raise ConfigError(f"amp must be 'off', 'bf16' or 'fp16', not {self.amp!r}")
-        if self.channels_last not in ("auto", "true", "false"):
-            raise ConfigError(f"channels_last must be 'auto', 'true' or 'false', not {self.channels_last!r}")
-        if self.malloc_cache not in ("auto", "true", "false"):
-            raise ConfigError(f"malloc_cache must be 'auto', 'true' or 'false', not {self.malloc_cache!r}")
-        if self.huge_pages not in ("auto", "true", "false"):
-            raise ConfigError(f"huge_pages must be 'auto', 'true' or 'false', not {self.huge_pages!r}")
-        if self.event_convs not in ("auto", "true", "false"):
-            raise ConfigError(f"event_convs must be 'auto', 'true' or 'false', not {self.event_convs!r}")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise ConfigError(f"device must be 'auto', 'cpu' or 'cuda', not {self.device!r}")
         if self.compile not in (False, True, "graphs"):
             raise ConfigError(f"compile must be true, false or 'graphs', not {self.compile!r}")
         if self.compile == "graphs" and self.device == "cpu":
