@@ -14,14 +14,14 @@ from spikeforge.testing import random_network, random_residual_network
 
 
 def make_net(seed: int, layers, input_shape=(1, 6, 6), time_steps: int = 4, edit=None, **kwargs) -> Network:
-    """A netgen network, optionally edited by ``edit(net)``; acc_bits and biases are then made legal again."""
+    """A spikeforge.testing network, optionally edited by ``edit(net)``; acc_bits and biases are then made legal again."""
     net = random_network(seed, input_shape=input_shape, layers=layers, time_steps=time_steps, **kwargs)
     return legalize(net, edit)
 
 
 def make_residual_net(seed: int, layers, input_shape=(1, 6, 6), time_steps: int = 4, edit=None,
                       **kwargs) -> Network:
-    """A netgen residual network (``random_residual_network``), optionally edited like ``make_net``."""
+    """A spikeforge.testing residual network (``random_residual_network``), optionally edited like ``make_net``."""
     net = random_residual_network(seed, input_shape=input_shape, layers=layers, time_steps=time_steps, **kwargs)
     return legalize(net, edit)
 

@@ -346,7 +346,7 @@ def test_every_documented_command_line_is_accepted():
 @pytest.mark.slow
 def test_make_sim_runs_as_the_readme_says(tmp_path):
     """`make sim` on a clean clone: a tiny random network that takes MNIST images, two of them, in Icarus."""
-    from spikeforge.netgen import random_network
+    from spikeforge.testing import random_network
 
     if shutil.which("make") is None:
         pytest.skip("make is not installed")

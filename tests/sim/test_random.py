@@ -20,7 +20,7 @@ from spikeforge.sw.reference import run as reference_run
 
 T = 10
 
-# (seed, layers or None = drawn by netgen, input shape, activity): strides 1 and 2, padding 0 and 1, dense
+# (seed, layers or None = drawn by spikeforge.testing, input shape, activity): strides 1 and 2, padding 0 and 1, dense
 # chains, multi-channel inputs, low thresholds (dense activity: back-to-back updates of one neuron)
 CASES = [
     (1, None, (1, 6, 6), 1.0),
