@@ -26,10 +26,9 @@ def simulate(net: Network, images, time_steps: int | None = None, *, results_rea
     """Simulate the accelerator on ``images`` (uint8-valued [B, C, H, W]).
 
     The record's ``spikes`` count the events of the trace ports per neuron and step (2 or more: a neuron reported
-    twice, which the comparator names; ``events`` keeps every event as (image, population, step, neuron) in the
-    order the hardware emitted them),
-    ``cycles`` is the accelerator's ``cycles`` after each image and ``sim_cycles`` the cycles the whole simulation
-    ran.
+    twice, which the comparator names); ``events`` keeps every event as (image, population, step, neuron) in the
+    order the hardware emitted them; ``cycles`` is the accelerator's ``cycles`` after each image and
+    ``sim_cycles`` the cycles the whole simulation ran.
 
     ``results_ready`` < 1 drops the results stream's ready at random (that fraction of cycles ready) to exercise
     back-pressure. Raises RuntimeError if an image does not finish within ``max_cycles``.

@@ -254,8 +254,9 @@ class FusedLIFFunction(torch.autograd.Function):
         compute = _compute_dtype(current.dtype)
         if compiled:  # on the flat steps (see _rows), returned in the current's shape and layout
             channels_last = _steps_channels_last(current)
-            spikes, membranes = compiled_kernel(_forward_kernel)(_rows(_widen(current), channels_last).flatten(1),
-                                                          threshold, leak_shift, membrane_dtype or compute, compute)
+            spikes, membranes = compiled_kernel(_forward_kernel)(
+                _rows(_widen(current), channels_last).flatten(1), threshold, leak_shift, membrane_dtype or compute,
+                compute)
             spikes = _unrows(spikes.to(current.dtype), current.shape, channels_last)
             membranes = _unrows(membranes, current.shape, channels_last)
         else:
@@ -281,9 +282,9 @@ class FusedLIFFunction(torch.autograd.Function):
 
         if ctx.compiled and window != 1:
             channels_last = _steps_channels_last(membranes)
-            grad_current = compiled_kernel(_backward_kernel)(_rows(_widen(grad_spikes), channels_last).flatten(1),
-                                                      _rows(membranes, channels_last).flatten(1), surrogate, theta,
-                                                      ctx.leak_shift, ctx.detach_reset, window, ctx.dtype)
+            grad_current = compiled_kernel(_backward_kernel)(
+                _rows(_widen(grad_spikes), channels_last).flatten(1), _rows(membranes, channels_last).flatten(1),
+                surrogate, theta, ctx.leak_shift, ctx.detach_reset, window, ctx.dtype)
             grad_current = _unrows(grad_current, membranes.shape, channels_last)
             return grad_current.to(ctx.current_dtype), None, None, None, None, None, None, None
         slope = slope(slice(None))  # all steps at once: a few large vectorized passes

@@ -1,6 +1,6 @@
-"""Where and how a training run executes: the process group under torchrun, threads, determinism, the allocator,
-and the conv set-up of a built model (memory layout, bool-saved and event-driven spike convs, gradient
-checkpointing). Nothing here changes what is computed, only where and how fast.
+"""Where and how a training run executes: the process group under torchrun, threads, determinism, and the conv
+set-up of a built model (memory layout, bool-saved and event-driven spike convs, gradient checkpointing). Nothing
+here changes what is computed, only where and how fast. (The allocator options are spikeforge.allocator's.)
 """
 
 from __future__ import annotations
