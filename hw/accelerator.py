@@ -16,11 +16,11 @@ from amaranth.lib.wiring import In, Out
 
 from spikeforge.netimage import Network
 
-from .layers import (EventFanout, InputUnit, LayerUnit, event_layout, index_bits, projection_groups,
-                     weight_rom)
+from .layers import (DEFAULT_MAX_LANES, EventFanout, InputUnit, LayerUnit, channel_words, event_layout, grid,
+                     index_bits, lane_limit, projection_groups, weight_words)
 
 __all__ = ["Accelerator", "UnsupportedNetworkError", "check_supported", "consumers", "estimate_memory",
-           "ice40_ebr_blocks", "DEFAULT_MAX_ACC_BITS"]
+           "ice40_ebr_blocks", "choose_lanes", "DEFAULT_MAX_ACC_BITS", "DEFAULT_MAX_LANES"]
 
 DEFAULT_MAX_ACC_BITS = 32
 
@@ -54,6 +54,37 @@ def consumers(net: Network) -> dict[int, list[int]]:
     return readers
 
 
+def choose_lanes(net: Network, lanes=None, *, max_lanes: int = DEFAULT_MAX_LANES) -> dict[int, int]:
+    """Output-channel lanes per non-input population: ``{population index: lanes}``.
+
+    ``lanes`` may be None (every population gets as many lanes as it has channels, at most ``max_lanes``), one
+    int for all populations (capped at each population's ``lane_limit``), or a dict from population index or name
+    to lanes (the others as for None). A lane count outside 1 .. ``lane_limit`` for a named population is refused
+    with a sentence naming it.
+    """
+    pops = net.populations
+    chosen = {p: min(lane_limit(pop), max_lanes) for p, pop in enumerate(pops) if p > 0}
+    if lanes is None:
+        return chosen
+    if not isinstance(lanes, dict):
+        count = operator.index(lanes)
+        if count < 1:
+            raise UnsupportedNetworkError(f"lanes must be at least 1, not {count}")
+        return {p: min(lane_limit(pops[p]), count) for p in chosen}
+    names = {pop.name: p for p, pop in enumerate(pops)}
+    for key, count in lanes.items():
+        p = names.get(key, key)
+        if p not in chosen:
+            raise UnsupportedNetworkError(f"lanes were given for {key!r}, which is not a layer of this network "
+                                          f"(layers: {', '.join(pop.name for pop in pops[1:])})")
+        limit = lane_limit(pops[p])
+        if not 1 <= operator.index(count) <= limit:
+            raise UnsupportedNetworkError(f"population {p} ('{pops[p].name}') can use 1 to {limit} lanes "
+                                          f"(its output channels), not {count}")
+        chosen[p] = operator.index(count)
+    return chosen
+
+
 # iCE40 EBR (SB_RAM40_4K) configurations: depth x width of one 4-kbit block
 ICE40_EBR_CONFIGS = ((256, 16), (512, 8), (1024, 4), (2048, 2))
 
@@ -63,26 +94,35 @@ def ice40_ebr_blocks(depth: int, width: int) -> int:
     return min(-(-depth // d) * -(-width // w) for d, w in ICE40_EBR_CONFIGS)
 
 
-def estimate_memory(net: Network, fifo_depth: int = 4) -> list[dict]:
+def estimate_memory(net: Network, fifo_depth: int = 4, lanes=None) -> list[dict]:
     """Every memory the generated accelerator holds: ``name``, ``depth``, ``width``, ``bits`` (= depth x width),
     and ``ice40_ebr``, the EBR blocks it would take if mapped to iCE40 block RAM (Yosys may put the smallest ones,
     the params and FIFOs, into logic instead).
 
-    Per population: the membrane, one weight ROM per projection (``name.weights``, or ``name.p{k}.weights`` when
+    Per population, with ``lanes`` as ``choose_lanes`` takes it: the membrane (``channel_words x H x W`` words of
+    lanes x acc_bits), one weight ROM per projection (lanes x wbits per word) (``name.weights``, or ``name.p{k}.weights`` when
     the population has several projections; an identity shortcut, a diagonal 1x1 conv, stores only its
     diagonal), the params ROM, and one event FIFO per source population it reads (``name.fifo``, or
     ``name.fifo<-source`` when it reads several). Pure arithmetic over the network image; nothing is elaborated.
     """
     pops = net.populations
-    rows = [{"name": "input.image", "depth": net.input.size, "width": net.input.bits}]
-    for pop in pops[1:]:
-        rows.append({"name": f"{pop.name}.membrane", "depth": pop.size, "width": pop.acc_bits})
+    per_pop = choose_lanes(net, lanes)
+    position = event_layout(net.input)
+    rows = [{"name": "input.pixel_list", "depth": net.input.size,
+             "width": position["c"].shape.width + position["y"].shape.width + position["x"].shape.width
+             + net.input.bits}]
+    for p, pop in enumerate(pops[1:], 1):
+        P = per_pop[p]
+        c, h, w = grid(pop)
+        rows.append({"name": f"{pop.name}.membrane", "depth": channel_words(pop, P) * h * w,
+                     "width": P * pop.acc_bits})
         several = len(pop.projections) > 1
         for k, proj in enumerate(pop.projections):
+            words = weight_words(proj, pop, P)
             rows.append({"name": f"{pop.name}.p{k}.weights" if several else f"{pop.name}.weights",
-                         "depth": len(weight_rom(proj)), "width": proj.wbits})
-        rows.append({"name": f"{pop.name}.params", "depth": pop.channels,
-                     "width": pop.acc_bits + pop.vbits})
+                         "depth": len(words), "width": len(words[0]) * proj.wbits})
+        rows.append({"name": f"{pop.name}.params", "depth": channel_words(pop, P),
+                     "width": P * (pop.acc_bits + pop.vbits + 1)})
         groups = projection_groups(pop)
         for source, _ in groups:
             rows.append({"name": f"{pop.name}.fifo<-{pops[source].name}" if len(groups) > 1 else f"{pop.name}.fifo",
@@ -107,6 +147,8 @@ class Accelerator(wiring.Component):
         Refuse populations whose ``acc_bits`` is wider.
     fifo_depth : int
         Depth of the event FIFOs: one per (reader, source population) pair, at least 1.
+    lanes : None, int or dict
+        Output-channel lanes per population (``choose_lanes``): each layer updates that many neurons per cycle.
 
     Members
     -------
@@ -127,16 +169,18 @@ class Accelerator(wiring.Component):
         handed downstream, with ``index`` = the neuron's flat index; ``step_end`` is high for one cycle when the
         population has emitted all spikes of a time step.
 
-    Throughput: the input unit scans ``C*H*W + 1`` cycles per step; a layer spends one cycle per fan-out
-    update of each of its projections in its accumulate phase (a conv tap outside the output costs one cycle),
-    one cycle per source's end token, and ``size + 3`` cycles per update pass; the layers overlap (a layer
-    accumulates step t+1 while its readers still process step t).
+    Throughput: the input unit replays ``nonzero + 1`` cycles per step; a layer spends one cycle per membrane
+    word that an event lands on, for each of its projections (taps that miss cost nothing), one cycle per
+    source's end token, and about ``words + 4`` cycles per update pass plus one per extra spike in a word; the
+    layers overlap (a layer accumulates step t+1 while its readers still process step t). docs/architecture.md
+    gives the exact cycle model (``spikeforge perf``).
     """
 
     def __init__(self, net: Network, time_steps: int | None = None, *, max_acc_bits: int = DEFAULT_MAX_ACC_BITS,
-                 fifo_depth: int = 4):
+                 fifo_depth: int = 4, lanes=None):
         try:
             check_supported(net, max_acc_bits)
+            self.lanes = choose_lanes(net, lanes)
         except UnsupportedNetworkError:
             self._MustUse__silence = True  # a refused network is not an unused elaboratable
             raise
@@ -167,7 +211,7 @@ class Accelerator(wiring.Component):
 
         units = {}
         for p in range(1, len(pops)):
-            units[p] = m.submodules[f"layer{p}"] = LayerUnit(net, p, T)
+            units[p] = m.submodules[f"layer{p}"] = LayerUnit(net, p, T, self.lanes[p])
         readout = units[len(pops) - 1]
 
         # every producer's stream goes to all its readers, one FIFO each

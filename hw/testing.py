@@ -21,7 +21,7 @@ __all__ = ["simulate", "SOURCE"]
 SOURCE = "Amaranth simulation"  # the record's name in mismatch messages
 
 
-def simulate(net: Network, images, time_steps: int | None = None, *, results_ready: float = 1.0,
+def simulate(net: Network, images, time_steps: int | None = None, *, lanes=None, results_ready: float = 1.0,
             seed: int = 0, max_cycles: int = 5_000_000, vcd: str | None = None) -> SpikeRecord:
     """Simulate the accelerator on ``images`` (uint8-valued [B, C, H, W]).
 
@@ -38,7 +38,7 @@ def simulate(net: Network, images, time_steps: int | None = None, *, results_rea
     if images.ndim == 3:
         images = images[:, None]
     B = images.shape[0]
-    dut = Accelerator(net, T)
+    dut = Accelerator(net, T, lanes=lanes)
     pops = net.populations
     lif = [p for p, pop in enumerate(pops) if pop.kind == "lif"]
     spikes = [np.zeros((T, B, *pop.shape), np.uint8) if pop.kind == "lif" else None for pop in pops]

@@ -7,10 +7,12 @@ after the last event of each time step. hw/accelerator.py wires the units into t
 knows nothing of the graph.
 """
 
-from .events import event_layout, index_bits, is_diagonal, projection_groups, weight_rom
+from .events import (DEFAULT_MAX_LANES, channel_words, event_layout, grid, index_bits, is_diagonal, lane_limit,
+                     projection_groups, weight_words)
 from .fanout import EventFanout, FanoutWalker
 from .input_unit import InputUnit
 from .layer_unit import LayerUnit
 
-__all__ = ["event_layout", "index_bits", "projection_groups", "is_diagonal", "weight_rom", "InputUnit",
+__all__ = ["event_layout", "index_bits", "projection_groups", "is_diagonal", "weight_words", "grid", "channel_words",
+           "lane_limit", "DEFAULT_MAX_LANES", "InputUnit",
            "EventFanout", "FanoutWalker", "LayerUnit"]

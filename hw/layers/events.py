@@ -11,7 +11,11 @@ from amaranth.lib import data
 
 from spikeforge.netimage import Population, Projection
 
-__all__ = ["index_bits", "event_layout", "projection_groups", "is_diagonal", "weight_rom"]
+__all__ = ["index_bits", "event_layout", "projection_groups", "is_diagonal", "weight_words",
+           "grid", "channel_words", "lane_limit", "DEFAULT_MAX_LANES"]
+
+# the widest lane count chosen when the caller gives none (one accumulation per lane per cycle)
+DEFAULT_MAX_LANES = 16
 
 
 def index_bits(count: int) -> int:
@@ -66,13 +70,45 @@ def is_diagonal(proj: Projection) -> bool:
     return not (square - np.diag(np.diag(square))).any()
 
 
-def weight_rom(proj: Projection) -> list[int]:
-    """A projection's weight ROM, in the order its walker reads it: ``[ci][ky][kx][co]`` (dense: ``[j][o]``), or
-    just the diagonal for a diagonal 1x1 conv."""
+def grid(pop: Population) -> tuple[int, int, int]:
+    """(C, H, W) of a population; a 1-D ``[N]`` population is N channels of 1 x 1."""
+    if len(pop.shape) == 3:
+        return tuple(int(v) for v in pop.shape)
+    return int(pop.shape[0]), 1, 1
+
+
+def lane_limit(pop: Population) -> int:
+    """The most output-channel lanes a population can use: its channels; a readout with H x W > 1 takes one lane,
+    so that its results still leave in flat index order."""
+    c, h, w = grid(pop)
+    return 1 if pop.kind == "readout" and h * w > 1 else c
+
+
+def channel_words(pop: Population, lanes: int) -> int:
+    """Channel groups of ``lanes`` channels: the membrane holds ``channel_words x H x W`` words of ``lanes``
+    neurons, word ``(c // lanes) * H * W + y * W + x``, lane ``c % lanes``."""
+    return -(-grid(pop)[0] // lanes)
+
+
+def weight_words(proj: Projection, pop: Population, lanes: int) -> list[list[int]]:
+    """A projection's weight ROM with ``lanes`` weights per word, in the order its walker reads it.
+
+    conv2d: ``[ci][ky][kx][channel word]``, lane b of word g holding output channel ``g * lanes + b``; dense:
+    ``[source neuron][membrane word]``, lane b of word ``g * H * W + yx`` holding output neuron
+    ``(g * lanes + b) * H * W + yx``; a diagonal 1x1 conv: one weight per channel (the walker puts it in its lane).
+    Lanes past the last channel hold 0.
+    """
     if is_diagonal(proj):
-        return [int(v) for v in np.diag(proj.weight[:, :, 0, 0])]
+        return [[int(v)] for v in np.diag(proj.weight[:, :, 0, 0])]
+    c, h, w = grid(pop)
+    groups = channel_words(pop, lanes)
     if proj.kind == "conv2d":
-        w = np.transpose(proj.weight, (1, 2, 3, 0))  # [ci, ky, kx, co]
-    else:
-        w = proj.weight.T  # [j, o]
-    return [int(v) for v in w.reshape(-1)]
+        weight = np.transpose(proj.weight, (1, 2, 3, 0))  # [ci, ky, kx, co]
+        padded = np.zeros((*weight.shape[:3], groups * lanes), np.int64)
+        padded[..., :c] = weight
+        return padded.reshape(-1, lanes).tolist()
+    weight = proj.weight.T.reshape(-1, c, h * w)  # [j, co, yx]
+    padded = np.zeros((weight.shape[0], groups * lanes, h * w), np.int64)
+    padded[:, :c] = weight
+    # [j, g, b, yx] -> [j, g, yx, b]
+    return padded.reshape(weight.shape[0], groups, lanes, h * w).transpose(0, 1, 3, 2).reshape(-1, lanes).tolist()

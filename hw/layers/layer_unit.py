@@ -7,13 +7,13 @@ from __future__ import annotations
 import operator
 
 import numpy as np
-from amaranth.hdl import Const, Module, Mux, Signal, signed
+from amaranth.hdl import Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from spikeforge.netimage import Network, signed_range
 
-from .events import event_layout, projection_groups
+from .events import channel_words, event_layout, grid, lane_limit, projection_groups
 from .fanout import FanoutWalker
 
 __all__ = ["LayerUnit"]
@@ -22,11 +22,13 @@ __all__ = ["LayerUnit"]
 class LayerUnit(wiring.Component):
     """One population: accumulates the events of all its projections into membranes, then updates and fires.
 
-    The unit owns the membrane memory (one ``acc_bits`` word per neuron, holding leak(V) between steps), one
-    ``FanoutWalker`` (with its weight ROM) per projection, and a ROM of the per-channel bias and threshold. Each
-    step it reads its sources' event streams one after the other, earliest source first, each up to its
-    end-of-step token (``projection_groups``); the projections of one source walk every event in turn. Then one
-    update pass fires the neurons.
+    The unit owns the membrane memory (``channel_words x H x W`` words of ``lanes`` neurons, one ``acc_bits``
+    value per neuron holding leak(V) between steps: word ``(c // lanes) * H * W + y * W + x``, lane ``c %
+    lanes``), one ``FanoutWalker`` (with its weight ROM) per projection, and a ROM of the per-channel bias and
+    threshold, ``lanes`` channels per word. Each step it reads its sources' event streams one after the other,
+    earliest source first, each up to its end-of-step token (``projection_groups``); the projections of one source
+    walk every event in turn, each updating ``lanes`` neurons per cycle. Then one update pass fires the neurons,
+    ``lanes`` per cycle.
 
     Parameters
     ----------
@@ -35,30 +37,40 @@ class LayerUnit(wiring.Component):
         The population this unit implements (a lif population or the readout).
     time_steps : int
         Steps per image.
+    lanes : int
+        Output-channel lanes: neurons per membrane word, updated in parallel (1 .. ``lane_limit(pop)``).
 
     Members
     -------
     events_p{s} : In(stream.Signature(event_layout(net.populations[s])))
         One per source population ``s`` of a projection: that source's events, each step ended by a token. One
-        fan-out update costs one cycle (see ``FanoutWalker``); the next event (for the next walker of the same
+        membrane word costs one cycle (see ``FanoutWalker``); the next event (for the next walker of the same
         source, or the next event) is taken in the cycle of the last update of the previous one, so a stream runs
         without bubbles; each end token costs one cycle. After the last source's end token the update phase starts.
     spikes : Out(stream.Signature(event_layout(population)))
-        lif populations only. The update phase reads one neuron per cycle and emits an event for each neuron that
-        fires, in index order, then an end-of-step token; it stalls while ``spikes`` is not ready. One update pass
-        costs ``size + 3`` cycles plus the cycles ``spikes`` is not ready.
+        lif populations only. The update pass reads one word per cycle, in address order, through a four-stage
+        pipeline (read; add the bias; clamp; fire, reset, leak and write back) and hands the word's spikes, lowest
+        lane first, to an emitter that sends one per cycle; the pipeline stalls while the emitter still holds
+        spikes of an earlier word when a word with spikes reaches the last stage, or while ``spikes`` is not
+        ready. Then an end-of-step token. One pass costs ``words + 4`` cycles plus one per spike beyond the first
+        of each word (more when ``spikes`` stalls).
     results : Out(stream.Signature(signed(32)))
-        Readout only. At the last step the update pass emits every neuron's V (sign-extended) in index order.
+        Readout only. At the last step the update pass emits every neuron's V (sign-extended), one per cycle, in
+        flat index order (``lanes`` is 1 for a readout with H x W > 1).
     done : Out(1)
         Readout only: high in the cycle the last result of an image is accepted.
     """
 
-    def __init__(self, net: Network, index: int, time_steps: int):
+    def __init__(self, net: Network, index: int, time_steps: int, lanes: int = 1):
         self.net = net
         self.index = operator.index(index)
         self.pop = pop = net.populations[self.index]
         self.time_steps = operator.index(time_steps)
+        self.lanes = operator.index(lanes)
         assert pop.kind in ("lif", "readout") and pop.projections
+        if not 1 <= self.lanes <= lane_limit(pop):
+            raise ValueError(f"population {self.index} ('{pop.name}') can use 1 to {lane_limit(pop)} lanes, "
+                             f"not {self.lanes}")
         self.groups = projection_groups(pop)
         assert all(s < self.index for s, _ in self.groups)
         members = {f"events_p{s}": In(stream.Signature(event_layout(net.populations[s]))) for s, _ in self.groups}
@@ -75,22 +87,34 @@ class LayerUnit(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        pop = self.pop
+        pop, P = self.pop, self.lanes
         T = self.time_steps
-        N = pop.size
         A = pop.acc_bits
+        vbits = pop.vbits
         lif = pop.kind == "lif"
+        C, H, W = grid(pop)
+        HW = H * W
+        CW = channel_words(pop, P)
+        WORDS = CW * HW
 
         # --- memories --------------------------------------------------------------------------------------
-        m.submodules.membrane = membrane = memory.Memory(shape=signed(A), depth=N, init=[])
+        m.submodules.membrane = membrane = memory.Memory(shape=data.ArrayLayout(signed(A), P), depth=WORDS,
+                                                         init=[])
         mem_wr = membrane.write_port()
         mem_rd = membrane.read_port(transparent_for=(mem_wr,))
 
-        vbits = pop.vbits
-        param_layout = data.StructLayout({"bias": signed(A), "threshold": signed(vbits)})
-        params = [{"bias": int(b), "threshold": int(t) if lif else 0}
-                  for b, t in zip(pop.bias, pop.threshold if lif else np.zeros(pop.channels, np.int64))]
-        m.submodules.params = param_mem = memory.Memory(shape=param_layout, depth=pop.channels, init=params)
+        # per channel word: the lanes' biases and thresholds, and which lanes are real channels
+        param_layout = data.StructLayout({"bias": data.ArrayLayout(signed(A), P),
+                                          "threshold": data.ArrayLayout(signed(vbits), P),
+                                          "live": unsigned(P)})
+        bias = np.zeros(CW * P, np.int64)
+        bias[:C] = pop.bias
+        threshold = np.zeros(CW * P, np.int64)
+        if lif:
+            threshold[:C] = pop.threshold
+        params = [{"bias": bias[g * P:(g + 1) * P].tolist(), "threshold": threshold[g * P:(g + 1) * P].tolist(),
+                   "live": sum(1 << b for b in range(P) if g * P + b < C)} for g in range(CW)]
+        m.submodules.params = param_mem = memory.Memory(shape=param_layout, depth=CW, init=params)
         p_rd = param_mem.read_port()
 
         step = Signal(range(T), name="step")
@@ -101,7 +125,7 @@ class LayerUnit(wiring.Component):
         walkers = {}
         for s, ks in self.groups:
             for k in ks:
-                walkers[k] = m.submodules[f"walker{k}"] = FanoutWalker(self.net, self.index, k)
+                walkers[k] = m.submodules[f"walker{k}"] = FanoutWalker(self.net, self.index, k, P)
                 m.d.comb += walkers[k].events.payload.eq(self.events_from(s).payload)
         # a walker is free when idle or in the cycle of its last update; at most one walker is ever busy, so
         # the membrane port needs no arbitration, only a multiplexer
@@ -115,6 +139,110 @@ class LayerUnit(wiring.Component):
         for w in walkers.values():
             read_addr = Mux(w.read.valid, w.read.addr, read_addr)
 
+        # --- the update pass: four stages, all advancing together ------------------------------------------
+        # stage 0 presents word `u_addr`; stage 1 sees it and its params and adds the bias; stage 2 clamps;
+        # stage 3 fires, resets, leaks, writes back and hands the spikes (or results) to the emitter
+        vlo, vhi = signed_range(vbits)
+        advance = Signal(name="u_advance")
+        u_run = Signal(name="u_run")  # stage 0 is issuing words
+        u_addr = Signal(range(WORDS + 1), name="u_addr")
+        u_g = Signal(range(CW), name="u_g")
+        u_yx = Signal(range(HW), name="u_yx")
+        u_index = Signal(range(C * HW + 1), name="u_index")  # flat index of lane 0: g * P * H * W + yx
+        s_valid = [Signal(name=f"u{i}_valid") for i in (1, 2, 3)]
+        s_addr = [Signal(range(WORDS), name=f"u{i}_addr") for i in (1, 2, 3)]
+        s_g = [Signal(range(CW), name=f"u{i}_g") for i in (1, 2, 3)]
+        s_yx = [Signal(range(HW), name=f"u{i}_yx") for i in (1, 2, 3)]
+        s_index = [Signal.like(u_index, name=f"u{i}_index") for i in (1, 2, 3)]
+        v_sum = Signal(data.ArrayLayout(signed(A + 1), P), name="u2_sum")
+        v = Signal(data.ArrayLayout(signed(vbits), P), name="u3_v")
+        thr2 = Signal(data.ArrayLayout(signed(vbits), P), name="u2_threshold")
+        thr3 = Signal.like(thr2, name="u3_threshold")
+        live2 = Signal(P, name="u2_live")
+        live3 = Signal(P, name="u3_live")
+
+        with m.If(advance):
+            m.d.sync += [s_valid[0].eq(u_run & (u_addr != WORDS)), s_addr[0].eq(u_addr), s_g[0].eq(u_g),
+                         s_yx[0].eq(u_yx), s_index[0].eq(u_index)]
+            for i in (1, 2):
+                m.d.sync += [s_valid[i].eq(s_valid[i - 1]), s_addr[i].eq(s_addr[i - 1]), s_g[i].eq(s_g[i - 1]),
+                             s_yx[i].eq(s_yx[i - 1]), s_index[i].eq(s_index[i - 1])]
+            m.d.sync += [thr2.eq(p_rd.data.threshold), live2.eq(p_rd.data.live), thr3.eq(thr2), live3.eq(live2)]
+            for b in range(P):
+                m.d.sync += [
+                    v_sum[b].eq(mem_rd.data[b] + p_rd.data.bias[b]),
+                    v[b].eq(Mux(v_sum[b] > vhi, vhi, Mux(v_sum[b] < vlo, vlo, v_sum[b]))),
+                ]
+
+        fire = Signal(P, name="u3_fire")
+        v_leaked = Signal(data.ArrayLayout(signed(vbits), P), name="u3_leaked")
+        for b in range(P):
+            v_after = Signal(signed(vbits), name=f"u3_after{b}")
+            if lif:
+                m.d.comb += [fire[b].eq(live3[b] & (thr3[b] <= v[b])),
+                             v_after.eq(Mux(fire[b], v[b] - thr3[b], v[b]))]
+            else:
+                m.d.comb += v_after.eq(v[b])
+            if pop.leak_shift is None:
+                m.d.comb += v_leaked[b].eq(v_after)
+            else:
+                m.d.comb += v_leaked[b].eq(v_after - (v_after >> pop.leak_shift))
+
+        # the emitter: one word's spikes (or results), sent one per cycle, lowest lane first
+        pending = Signal(P, name="emit_pending")
+        e_g = Signal(range(CW), name="emit_g")
+        e_yx = Signal(range(HW), name="emit_yx")
+        e_index = Signal.like(u_index, name="emit_index")
+        e_values = Signal(data.ArrayLayout(signed(vbits), P), name="emit_values")
+        lane = Signal(range(P), name="emit_lane")
+        for b in reversed(range(P)):
+            with m.If(pending[b]):
+                m.d.comb += lane.eq(b)
+        out = self.spikes if lif else self.results
+        sent = Signal(name="emit_sent")
+        m.d.comb += sent.eq(out.valid & out.ready & ~(out.payload.end if lif else 0))
+        single = Signal(name="emit_single")
+        m.d.comb += single.eq((pending & (pending - 1)) == 0)
+        emitter_free = Signal(name="emit_free")
+        m.d.comb += emitter_free.eq((pending == 0) | (sent & single))
+        handing = Signal(P, name="u3_handing")  # what stage 3 hands to the emitter
+        if lif:
+            m.d.comb += handing.eq(fire)
+        else:
+            m.d.comb += handing.eq(Mux(last_step, live3, 0))
+        m.d.comb += advance.eq(~s_valid[2] | (handing == 0) | emitter_free)
+        with m.If(sent):
+            m.d.sync += pending.eq(pending & (pending - 1))  # clear the lowest set bit
+        with m.If(s_valid[2] & advance & (handing != 0)):
+            m.d.sync += [pending.eq(handing), e_g.eq(s_g[2]), e_yx.eq(s_yx[2]), e_index.eq(s_index[2]),
+                         e_values.eq(v)]
+        lane_index = Signal.like(u_index, name="emit_lane_index")
+        if P == 1:
+            m.d.comb += lane_index.eq(e_index)
+        else:
+            with m.Switch(lane):
+                for b in range(P):
+                    with m.Case(b):
+                        m.d.comb += lane_index.eq(e_index + b * HW)
+        if lif:
+            y = Signal(range(H), name="emit_y")
+            x = Signal(range(W), name="emit_x")
+            if HW > 1:
+                with m.Switch(e_yx):
+                    for yx in range(HW):
+                        with m.Case(yx):
+                            m.d.comb += [y.eq(yx // W), x.eq(yx % W)]
+            m.d.comb += [
+                out.payload.c.eq(e_g * P + lane), out.payload.y.eq(y), out.payload.x.eq(x),
+                out.payload.index.eq(lane_index), out.payload.value.eq(1),
+            ]
+        else:
+            m.d.comb += [out.payload.eq(e_values[lane]),
+                         self.done.eq(sent & (lane_index == C * HW - 1))]
+
+        drained = Signal(name="u_drained")
+        m.d.comb += drained.eq(~s_valid[0] & ~s_valid[1] & ~s_valid[2] & (pending == 0))
+
         with m.FSM(name="phase"):
             with m.State("ACCUMULATE"):
                 m.d.comb += mem_rd.addr.eq(read_addr)
@@ -126,7 +254,7 @@ class LayerUnit(wiring.Component):
                             with m.If(all_free):
                                 m.d.comb += head.ready.eq(1)
                                 if g == len(self.groups) - 1:
-                                    m.d.sync += group.eq(0)
+                                    m.d.sync += [group.eq(0), u_run.eq(1)]
                                     m.next = "UPDATE"
                                 else:
                                     m.d.sync += group.eq(g + 1)
@@ -143,85 +271,28 @@ class LayerUnit(wiring.Component):
                                     else:
                                         m.d.sync += turn.eq(j + 1)
 
-            # --- update: one neuron per cycle, read in stage U1, written back in stage U2 ------------------
-            u_index = Signal(range(N + 1), name="u_index")
-            u_c = Signal(range(pop.channels), name="u_c")
-            H, W = (pop.shape[1], pop.shape[2]) if len(pop.shape) == 3 else (1, 1)
-            u_y = Signal(range(H), name="u_y")
-            u_x = Signal(range(W), name="u_x")
-            q_valid = Signal(name="u_valid")
-            q_index = Signal(range(N), name="u_q_index")
-            q_c = Signal.like(u_c, name="u_q_c")
-            q_y = Signal.like(u_y, name="u_q_y")
-            q_x = Signal.like(u_x, name="u_q_x")
-
-            # the neuron's arithmetic, at full width until the clamp
-            vlo, vhi = signed_range(vbits)
-            param = p_rd.data
-            v_sum = Signal(signed(A + 1), name="v_sum")
-            v = Signal(signed(vbits), name="v")
-            fire = Signal(name="fire")
-            v_after = Signal(signed(vbits), name="v_after")
-            v_leaked = Signal(signed(vbits), name="v_leaked")
-            m.d.comb += [
-                v_sum.eq(mem_rd.data + param.bias),
-                v.eq(Mux(v_sum > vhi, vhi, Mux(v_sum < vlo, vlo, v_sum))),
-                fire.eq((param.threshold <= v) if lif else 0),
-                v_after.eq(Mux(fire, v - param.threshold, v)),
-            ]
-            if pop.leak_shift is None:
-                m.d.comb += v_leaked.eq(v_after)
-            else:
-                m.d.comb += v_leaked.eq(v_after - (v_after >> pop.leak_shift))
-
-            stall = Signal(name="u_stall")
-            if lif:
-                out = self.spikes
-                m.d.comb += [
-                    out.payload.c.eq(q_c), out.payload.y.eq(q_y), out.payload.x.eq(q_x),
-                    out.payload.index.eq(q_index), out.payload.value.eq(1),
-                ]
-            else:
-                out = self.results
-
             with m.State("UPDATE"):
                 m.d.comb += [
-                    mem_rd.addr.eq(u_index), p_rd.addr.eq(u_c),
-                    mem_rd.en.eq(~stall), p_rd.en.eq(~stall),
-                    mem_wr.addr.eq(q_index),
-                    mem_wr.data.eq(Mux(last_step, 0, v_leaked)),
-                    mem_wr.en.eq(q_valid & ~stall),
+                    mem_rd.addr.eq(u_addr), p_rd.addr.eq(u_g),
+                    mem_rd.en.eq(advance), p_rd.en.eq(advance),
+                    mem_wr.addr.eq(s_addr[2]),
+                    mem_wr.en.eq(s_valid[2] & advance),
                 ]
-                if lif:
-                    m.d.comb += out.valid.eq(q_valid & fire)
-                else:
-                    m.d.comb += [
-                        out.valid.eq(q_valid & last_step),
-                        out.payload.eq(v),
-                        self.done.eq(out.valid & out.ready & (q_index == N - 1)),
-                    ]
-                m.d.comb += stall.eq(out.valid & ~out.ready)
-                with m.If(~stall):
-                    m.d.sync += [
-                        q_valid.eq(u_index != N),
-                        q_index.eq(u_index), q_c.eq(u_c), q_y.eq(u_y), q_x.eq(u_x),
-                    ]
-                    with m.If(u_index != N):
-                        m.d.sync += u_index.eq(u_index + 1)
-                        if len(pop.shape) == 3:
-                            with m.If(u_x == W - 1):
-                                m.d.sync += u_x.eq(0)
-                                with m.If(u_y == H - 1):
-                                    m.d.sync += [u_y.eq(0), u_c.eq(u_c + 1)]
-                                with m.Else():
-                                    m.d.sync += u_y.eq(u_y + 1)
-                            with m.Else():
-                                m.d.sync += u_x.eq(u_x + 1)
-                        else:
-                            m.d.sync += u_c.eq(u_c + 1)
-                    with m.Elif(~q_valid):
-                        m.d.sync += [u_index.eq(0), u_c.eq(0), u_y.eq(0), u_x.eq(0)]
-                        m.next = "STEP_END" if lif else "NEXT_STEP"
+                for b in range(P):
+                    m.d.comb += mem_wr.data[b].eq(Mux(last_step, 0, v_leaked[b]))
+                m.d.comb += out.valid.eq(pending != 0)
+                with m.If(advance & u_run):
+                    with m.If(u_addr != WORDS):
+                        m.d.sync += u_addr.eq(u_addr + 1)
+                        with m.If(u_yx == HW - 1):
+                            m.d.sync += [u_yx.eq(0), u_g.eq(u_g + 1), u_index.eq(u_index + (P - 1) * HW + 1)]
+                        with m.Else():
+                            m.d.sync += [u_yx.eq(u_yx + 1), u_index.eq(u_index + 1)]
+                    with m.Else():
+                        m.d.sync += u_run.eq(0)
+                with m.If(~u_run & drained):
+                    m.d.sync += [u_addr.eq(0), u_g.eq(0), u_yx.eq(0), u_index.eq(0)]
+                    m.next = "STEP_END" if lif else "NEXT_STEP"
 
             if lif:
                 with m.State("STEP_END"):
@@ -234,14 +305,12 @@ class LayerUnit(wiring.Component):
                 m.next = "ACCUMULATE"
 
         # stage B of the accumulate: at most one walker adds per cycle (its write may land in the first cycle of
-        # UPDATE, whose own first write comes a cycle later)
+        # UPDATE, whose own first write comes three cycles later)
         for n, w in enumerate(walkers.values()):
             with (m.If if n == 0 else m.Elif)(w.add.valid):
-                m.d.comb += [
-                    mem_wr.addr.eq(w.add.addr),
-                    mem_wr.data.eq(mem_rd.data + w.add.value),
-                    mem_wr.en.eq(1),
-                ]
+                m.d.comb += [mem_wr.addr.eq(w.add.addr), mem_wr.en.eq(1)]
+                for b in range(P):
+                    m.d.comb += mem_wr.data[b].eq(mem_rd.data[b] + w.add.value[b])
         return m
 
 

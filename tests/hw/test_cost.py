@@ -35,23 +35,24 @@ def test_few_spikes_cost_fewer_cycles_than_many():
     image = np.full((1, 1, 6, 6), 9, np.uint8)
     quiet, busy = net_with(np.iinfo(np.int32).max >> (32 - net_with(1).populations[1].vbits)), net_with(1)
     counts = [reference.run(n, image).spike_counts()[1] for n in (quiet, busy)]
-    cycles = [simulate(n, image).cycles[0] for n in (quiet, busy)]
+    cycles = [simulate(n, image, lanes=1).cycles[0] for n in (quiet, busy)]
     assert counts[0] < counts[1]
-    # each spike of layer1 costs 12 accumulation cycles in the dense readout; part of them hides behind layer1's
+    # one lane: each spike of layer1 costs 12 accumulation cycles in the dense readout; part of them hides behind layer1's
     # own work on the next step (the layers overlap), so only most of that cost shows in the total
     assert cycles[1] - cycles[0] >= 0.6 * 12 * (counts[1] - counts[0]), (counts, cycles)
 
 
-def test_accumulate_cycles_track_event_count():
-    """Input -> dense(16): once the accumulate work exceeds the input scan, every nonzero pixel adds exactly
-    T x 16 cycles (one accumulation per cycle, no bubbles between events), wherever the pixel lies."""
+@pytest.mark.parametrize("lanes", [1, 4])
+def test_accumulate_cycles_track_event_count(lanes):
+    """Input -> dense(16): every nonzero pixel adds exactly T x 16 / lanes cycles (one membrane word of ``lanes``
+    neurons per cycle, no bubbles between events), wherever the pixel lies."""
     T, n_out = 4, 16
     net = random_network(3, input_shape=(1, 6, 6), layers=[("dense", n_out)], time_steps=T)
     counts = (0, 8, 16, 24, 36)
-    cycles = simulate(net, _images_with_pixels(counts)).cycles
-    assert cycles[0] * 10 < cycles[-1], cycles
+    cycles = simulate(net, _images_with_pixels(counts), lanes=lanes).cycles
+    assert cycles[0] * 5 < cycles[-1], cycles
     for i in range(1, len(counts) - 1):
-        want = T * n_out * (counts[i + 1] - counts[i])
+        want = T * n_out // lanes * (counts[i + 1] - counts[i])
         got = cycles[i + 1] - cycles[i]
         assert abs(got - want) <= 2 * T, f"{counts[i]} -> {counts[i + 1]} events: {got} more cycles, model {want}"
 
@@ -69,16 +70,18 @@ def test_demo_shaped_network_on_a_digit_like_image():
     print(f"demo-shaped network, {int((image > 0).sum())} nonzero pixels: {rtl.cycles[0]} cycles")
 
 
-def test_join_cycles_add_up_over_projections():
+@pytest.mark.parametrize("lanes", [1, 4])
+def test_join_cycles_add_up_over_projections(lanes):
     """Input -> readout through two dense projections of the input (16 + 16 outputs, one stream, two walkers):
-    every nonzero pixel adds exactly T x 32 cycles, the second walker taking each event without a bubble."""
+    every nonzero pixel adds exactly T x 32 / lanes cycles, the second walker taking each event without a
+    bubble."""
     from spikeforge.testing import random_residual_network
     T = 4
     net = random_residual_network(3, input_shape=(1, 6, 6), layers=[("dense", 16, [("dense", 0)])], time_steps=T)
     assert len(net.readout.projections) == 2
     counts = (0, 12, 24, 36)
-    cycles = simulate(net, _images_with_pixels(counts)).cycles
+    cycles = simulate(net, _images_with_pixels(counts), lanes=lanes).cycles
     for i in range(1, len(counts) - 1):
-        want = T * 32 * (counts[i + 1] - counts[i])
+        want = T * 32 // lanes * (counts[i + 1] - counts[i])
         got = cycles[i + 1] - cycles[i]
         assert abs(got - want) <= 2 * T, f"{counts[i]} -> {counts[i + 1]} events: {got} more cycles, model {want}"

@@ -68,13 +68,31 @@ def test_verilog_demo_shaped_network():
 
 def test_estimate_memory_demo():
     net = demo_shaped_network()
-    rows = {r["name"]: r for r in estimate_memory(net)}
-    assert rows["input.image"] == {"name": "input.image", "depth": 784, "width": 8, "bits": 6272, "ice40_ebr": 2}
+    rows = {r["name"]: r for r in estimate_memory(net, lanes=1)}
+    # the pixel list: channel (1 bit), row and column (5 bits each), pixel (8 bits)
+    assert rows["input.pixel_list"] == {"name": "input.pixel_list", "depth": 784, "width": 19, "bits": 784 * 19,
+                                        "ice40_ebr": 5}
     assert rows["layer1.membrane"]["depth"] == 8 * 14 * 14
     assert rows["layer1.membrane"]["width"] == net.populations[1].acc_bits
     assert rows["layer2.weights"]["depth"] == 16 * 8 * 9 and rows["layer2.weights"]["width"] == 4
     assert rows["readout.weights"]["bits"] == 784 * 10 * 4
     assert all(r["bits"] == r["depth"] * r["width"] for r in rows.values())
+
+
+def test_estimate_memory_with_lanes():
+    """Lanes widen the words and shorten the memories; a lane count that does not divide the channels pads the
+    last channel word."""
+    net = demo_shaped_network()
+    rows = {r["name"]: r for r in estimate_memory(net, lanes={"layer1": 8, "layer2": 16, "readout": 10})}
+    assert (rows["layer1.membrane"]["depth"], rows["layer1.membrane"]["width"]) == (14 * 14, 8 * net.populations[1].acc_bits)
+    assert (rows["layer2.weights"]["depth"], rows["layer2.weights"]["width"]) == (8 * 9, 16 * 4)
+    assert (rows["readout.weights"]["depth"], rows["readout.weights"]["width"]) == (784, 10 * 4)
+    padded = {r["name"]: r for r in estimate_memory(net, lanes={"layer2": 6})}
+    assert padded["layer2.membrane"]["depth"] == 3 * 7 * 7 and padded["layer2.params"]["depth"] == 3
+    with pytest.raises(UnsupportedNetworkError, match=r"population 2 \('layer2'\) can use 1 to 16 lanes"):
+        estimate_memory(net, lanes={"layer2": 17})
+    with pytest.raises(UnsupportedNetworkError, match="'conv9', which is not a layer"):
+        estimate_memory(net, lanes={"conv9": 2})
 
 
 def test_verilog_residual_network():
@@ -100,7 +118,7 @@ def test_estimate_memory_residual():
     net = random_residual_network(7, input_shape=(1, 8, 8),
                                   layers=[("conv", 2, 3, 1, 1), ("block", 4, 2), ("dense", 3, [("dense", 1)])])
     pops = net.populations
-    rows = {r["name"]: r for r in estimate_memory(net)}
+    rows = {r["name"]: r for r in estimate_memory(net, lanes=1)}
     join = pops[3]
     assert join.name == "block1" and [p.source for p in join.projections] == [2, 1]
     assert rows["block1.p0.weights"]["depth"] == 4 * 4 * 9                       # 3x3 main conv 4 -> 4
