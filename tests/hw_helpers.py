@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from spikeforge.hw.cycle_model import CycleModel
 from spikeforge.hw.testing import simulate
 from spikeforge.netimage import Network, required_acc_bits, signed_range, validate
 from spikeforge.record import first_mismatch
@@ -41,7 +42,8 @@ def assert_rtl_matches_reference(net: Network, images, time_steps: int | None = 
     """simulate(case) == reference.run(case): every spike of every lif population at every step, and the readout
     (spikeforge.record's comparator: a mismatch names the population, the image, the step and the neuron); and
     every spike event the hardware emitted belongs to one of those spikes (none duplicated, none after the last
-    image).
+    image); and the cycle model (spikeforge.hw.cycle_model) predicts the hardware's cycle count of every image
+    exactly from the reference's spikes (when the results are always accepted, as the model assumes).
     """
     T = net.time_steps if time_steps is None else time_steps
     rtl = simulate(net, images, T, **kwargs)
@@ -49,6 +51,10 @@ def assert_rtl_matches_reference(net: Network, images, time_steps: int | None = 
     mismatch = first_mismatch(ref, rtl, net)
     if mismatch:
         pytest.fail(mismatch)
+    if kwargs.get("results_ready", 1.0) == 1.0:
+        model = CycleModel(net, T, lanes=kwargs.get("lanes"), fifo_depth=kwargs.get("fifo_depth", 4))
+        predicted = [image.cycles for image in model.run(np.asarray(images).reshape(-1, *net.input.shape), ref)]
+        assert predicted == list(rtl.cycles), f"cycle model {predicted}, hardware {list(rtl.cycles)}"
     for p, ref_spikes in enumerate(ref.spikes):
         if ref_spikes is not None:
             emitted = sum(1 for e in rtl.events if e[1] == p)

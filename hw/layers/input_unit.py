@@ -6,11 +6,12 @@ from __future__ import annotations
 import operator
 
 from amaranth.hdl import Module, Signal, unsigned
-from amaranth.lib import data, memory, stream, wiring
+from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from spikeforge.netimage import Population
 
+from ..spram import SinglePortRam
 from .events import event_layout
 
 __all__ = ["InputUnit"]
@@ -62,9 +63,10 @@ class InputUnit(wiring.Component):
 
         entry = data.StructLayout({"c": layout["c"].shape, "y": layout["y"].shape, "x": layout["x"].shape,
                                    "value": layout["value"].shape})
-        m.submodules.pixel_list = pixel_list = memory.Memory(shape=entry, depth=N, init=[])
-        wr = pixel_list.write_port()
-        rd = pixel_list.read_port()
+        # one port is enough: the list is written while loading and read while replaying, never both; on the
+        # iCE40 UltraPlus it is SPRAM, which leaves the block RAM to the layers
+        m.submodules.pixel_list = pixel_list = SinglePortRam(entry.size, N)
+        written = data.View(entry, pixel_list.write_data)
 
         # load: walk the positions, append the nonzero pixels
         load_c = Signal(range(C), name="load_c")
@@ -81,7 +83,7 @@ class InputUnit(wiring.Component):
         p_valid = Signal(name="p_valid")
         p_end = Signal(name="p_end")
 
-        e = rd.data
+        e = data.View(entry, pixel_list.read_data)
         m.d.comb += [
             self.events.valid.eq(p_valid),
             self.events.payload.c.eq(e.c),
@@ -98,10 +100,8 @@ class InputUnit(wiring.Component):
         m.d.comb += [
             self.pixels.ready.eq(~scanning & ~waiting & ~p_valid),
             accepted.eq(self.pixels.valid & self.pixels.ready),
-            wr.addr.eq(count),
-            wr.data.c.eq(load_c), wr.data.y.eq(load_y), wr.data.x.eq(load_x),
-            wr.data.value.eq(self.pixels.payload),
-            wr.en.eq(accepted & (self.pixels.payload != 0)),
+            written.c.eq(load_c), written.y.eq(load_y), written.x.eq(load_x),
+            written.value.eq(self.pixels.payload),
         ]
         with m.If(accepted):
             with m.If(self.pixels.payload != 0):
@@ -119,7 +119,11 @@ class InputUnit(wiring.Component):
                 m.d.sync += load_x.eq(load_x + 1)
 
         # scan: present an entry, see it one cycle later; hold everything while the consumer stalls
-        m.d.comb += [rd.addr.eq(scan), rd.en.eq(~stall)]
+        with m.If(scanning | p_valid):
+            m.d.comb += [pixel_list.addr.eq(scan), pixel_list.enable.eq(~stall)]
+        with m.Else():
+            m.d.comb += [pixel_list.addr.eq(count), pixel_list.write_enable.eq(1),
+                         pixel_list.enable.eq(accepted & (self.pixels.payload != 0))]
         with m.If(~stall):
             m.d.sync += [p_valid.eq(scanning), p_end.eq(scan == count)]
             with m.If(scanning):
