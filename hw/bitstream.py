@@ -323,6 +323,7 @@ def build(net: Network, board: str = "icebreaker", out_dir: str | Path = "build/
         setting = top.pll_setting(platform)
         top.divisor(top.clock_hz(platform))
     except (PllError, ValueError) as error:  # an impossible clock or baud rate: found before any tool runs
+        top._MustUse__silence = True  # never elaborated, on purpose: no UnusedElaboratable warning
         raise BitstreamError(f"{error}") from None
     _set_tool_env()
     missing = [os.environ[k] for k in ("YOSYS", f"NEXTPNR_{spec.family.upper()}")
