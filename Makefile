@@ -56,7 +56,7 @@ sim: setup
 	$(BIN)/spikeforge run $(NET) --backend rtl --dataset $(DATASET) --images $(IMAGES)
 
 bitstream: setup
-	$(BIN)/spikeforge bitstream $(NET) --board $(BOARD) --out $(BUILD)/bitstream
+	$(BIN)/spikeforge bitstream $(NET) --board $(BOARD) --out $(BUILD)/bitstream $(if $(CLOCK),--clock $(CLOCK))
 
 clean:
 	rm -rf $(BUILD)

@@ -1,13 +1,15 @@
 """FPGA bitstreams of the board top (hw/board.py) through Amaranth's platforms and the open toolchain (YoWASP).
 
-``build(net, board, out_dir)`` checks that the network's memories can fit the device, runs Yosys, nextpnr and the
-packer, and returns a BuildReport: utilization of the resources that matter (logic cells, block RAM, SPRAM,
-multipliers) and the achieved Fmax against the board clock. A design that does not fit fails with one sentence
-naming the resource. Torch-free, like all of hw/.
+``build(net, board, out_dir, clock_mhz=...)`` checks that the network's memories can fit the device, runs Yosys
+(iCE40: with ``-dsp``, so multipliers go to the SB_MAC16 blocks), nextpnr (told the PLL's clock) and the packer,
+and returns a BuildReport: utilization of the resources that matter (logic cells, block RAM, SPRAM, multipliers)
+and the achieved Fmax against the requested clock, also written as ``report.json`` beside the bitstream. A design
+that does not fit, or does not meet the clock, fails with one sentence. Torch-free, like all of hw/.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -20,7 +22,9 @@ from pathlib import Path
 from spikeforge.netimage import Network
 
 __all__ = ["build", "BuildReport", "BitstreamError", "BOARDS", "TOOL_ENV", "parse_nextpnr_log",
-           "memory_precheck"]
+           "memory_precheck", "REPORT_FILE", "paths_through_constant_clocks", "timing_failure_sentence"]
+
+REPORT_FILE = "report.json"
 
 # Amaranth looks each tool up through its upper-cased name; these are the YoWASP (WebAssembly) builds on PyPI.
 TOOL_ENV = {
@@ -42,6 +46,9 @@ class _Board:
     # block RAM of the device in bits (what the memory pre-check compares with)
     ram_bits: int
     ram_name: str
+    # the PLL clock the current design meets with a margin (measured: docs/hardware-flow.md)
+    default_clock_mhz: float
+    synth_opts: str = ""
 
 
 BOARDS = {
@@ -49,15 +56,16 @@ BOARDS = {
                                            ("ICESTORM_RAM", "block RAM (EBR, 4 kbit)"),
                                            ("ICESTORM_SPRAM", "SPRAM (256 kbit)"),
                                            ("ICESTORM_DSP", "DSP (16x16 MAC)"),
-                                           ("SB_IO", "I/O")),
-                         ram_bits=30 * 4096, ram_name="30 EBR blocks of 4 kbit; the design does not use the SPRAM"),
+                                           ("ICESTORM_PLL", "PLL")),
+                         ram_bits=30 * 4096, ram_name="30 EBR blocks of 4 kbit; the design does not use the SPRAM",
+                         default_clock_mhz=16.5, synth_opts="-dsp"),
     "ulx3s-85f": _Board("ecp5", ".bit", (("TRELLIS_COMB", "LUTs (LUT4)"),
                                          ("TRELLIS_FF", "flip-flops"),
                                          ("TRELLIS_RAMW", "distributed RAM"),
                                          ("DP16KD", "block RAM (DP16KD, 18 kbit)"),
                                          ("MULT18X18D", "multipliers (18x18)"),
-                                         ("TRELLIS_IO", "I/O")),
-                        ram_bits=208 * 18 * 1024, ram_name="208 DP16KD blocks of 18 kbit"),
+                                         ("EHXPLLL", "PLL")),
+                        ram_bits=208 * 18 * 1024, ram_name="208 DP16KD blocks of 18 kbit", default_clock_mhz=40.0),
 }
 
 
@@ -80,7 +88,12 @@ class Utilization:
 
 @dataclass
 class BuildReport:
-    """What a build produced: the bitstream, per-resource utilization and timing."""
+    """What a build produced: the bitstream, per-resource utilization and timing.
+
+    ``requested_mhz`` is the ``clock_mhz`` asked for, ``target_mhz`` the clock the design runs at (the PLL's
+    nearest frequency at or below the request, or the oscillator) and the one nextpnr was told; ``clocks`` is
+    nextpnr's ``{clock net: (Fmax, constraint)}`` and ``fmax_mhz`` the slowest of them.
+    """
 
     board: str
     device: str
@@ -92,32 +105,62 @@ class BuildReport:
     build_s: float
     memory_bits: int = 0
     notes: list[str] = field(default_factory=list)
+    requested_mhz: float | None = None
+    pll: dict | None = None
+    clocks: dict[str, tuple[float, float]] = field(default_factory=dict)
+    all_cells: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     @property
     def timing_met(self) -> bool:
-        return self.fmax_mhz is not None and self.fmax_mhz >= self.target_mhz
+        return self.fmax_mhz is not None and self.fmax_mhz >= self.target_mhz and all(
+            fmax >= constraint for fmax, constraint in self.clocks.values())
 
     def format(self) -> str:
         lines = [f"bitstream: {self.bitstream} ({self.board}, {self.device}), built in {self.build_s:.0f} s",
                  f"{'resource':<30} {'cell':<16} {'used':>7} {'available':>10} {'use':>6}"]
         for u in self.utilization:
             lines.append(f"{u.name:<30} {u.cell:<16} {u.used:>7} {u.available:>10} {u.percent:>5.1f}%")
+        source = "the PLL" if self.pll else "the board oscillator"
+        clock = f"the {self.target_mhz:g} MHz clock ({source}"
+        if self.requested_mhz is not None and abs(self.requested_mhz - self.target_mhz) > 1e-9:
+            clock += f"; {self.requested_mhz:g} MHz requested"
+        clock += ")"
         if self.fmax_mhz is None:
-            lines.append(f"Fmax: not reported (target {self.target_mhz:g} MHz)")
+            lines.append(f"Fmax: not reported for {clock}")
         else:
             verdict = "met" if self.timing_met else "NOT MET: the design may misbehave at this clock"
-            lines.append(f"Fmax: {self.fmax_mhz:.2f} MHz against the {self.target_mhz:g} MHz board clock "
-                         f"({verdict})")
+            lines.append(f"Fmax: {self.fmax_mhz:.2f} MHz against {clock} ({verdict})")
         if self.memory_bits:
             lines.append(f"accelerator memories: {self.memory_bits:,} bits (estimate_memory)")
+        lines.append(f"report: {self.out_dir / REPORT_FILE}")
         lines += self.notes
         return "\n".join(lines)
+
+    def to_json(self) -> dict:
+        """The report as plain JSON types (what ``report.json`` holds)."""
+        return {
+            "board": self.board, "device": self.device, "bitstream": str(self.bitstream),
+            "build_s": round(self.build_s, 1),
+            "clock": {"requested_mhz": self.requested_mhz, "target_mhz": self.target_mhz, "pll": self.pll,
+                      "fmax_mhz": self.fmax_mhz, "timing_met": self.timing_met,
+                      "nextpnr": {name: {"fmax_mhz": f, "constraint_mhz": c} for name, (f, c) in self.clocks.items()}},
+            "resources": {u.cell: {"name": u.name, "used": u.used, "available": u.available} for u in self.utilization},
+            "all_cells": {cell: {"used": used, "available": available}
+                          for cell, (used, available) in self.all_cells.items()},
+            "memory_bits": self.memory_bits, "notes": self.notes,
+        }
+
+    def write_json(self, path: str | Path | None = None) -> Path:
+        path = Path(path) if path is not None else self.out_dir / REPORT_FILE
+        path.write_text(json.dumps(self.to_json(), indent=2) + "\n")
+        return path
 
 
 # --- the nextpnr log ---------------------------------------------------------------------------------------
 
 _UTIL = re.compile(r"^Info:\s+(\w+):\s+(\d+)/\s*(\d+)\s+(\d+)%", re.M)
 _FMAX = re.compile(r"Max frequency for clock\s+'([^']+)':\s+([\d.]+) MHz \((PASS|FAIL) at ([\d.]+) MHz\)")
+_DELAY = re.compile(r"Max delay (?:posedge|negedge) (\S+)\s+-> (?:posedge|negedge) (\S+)\s*:\s*([\d.]+) ns")
 _NO_BELS = re.compile(r"no BELs remaining to implement cell type '(\w+)'")
 
 
@@ -130,6 +173,24 @@ def parse_nextpnr_log(text: str) -> tuple[dict[str, tuple[int, int]], dict[str, 
     for clock, fmax, _, target in _FMAX.findall(text):
         clocks[clock] = (float(fmax), float(target))
     return util, clocks
+
+
+def paths_through_constant_clocks(text: str) -> dict[str, float]:
+    """``{clock: ns}``: the longest path from ``clock`` into a cell clocked by a constant net and out of it again.
+
+    A combinational SB_MAC16 (what ``synth_ice40 -dsp`` makes of a multiply-add) has its CLK pin tied low;
+    nextpnr then times it as a register on a "clock" ``$PACKER_GND_NET`` and its paths only as cross-domain
+    delays, outside the clock's Fmax. The sum of the two longest such delays (last report) bounds the real path.
+    """
+    into: dict[tuple[str, str], float] = {}
+    for source, sink, ns in _DELAY.findall(text):
+        into[(source, sink)] = float(ns)
+    constants = {c for pair in into for c in pair if "GND" in c or "VCC" in c}
+    through: dict[str, float] = {}
+    for (source, sink), ns in into.items():
+        if sink in constants and source not in constants and (sink, source) in into:
+            through[source] = max(through.get(source, 0.0), ns + into[(sink, source)])
+    return through
 
 
 def _not_fit_sentence(log: str, board: _Board, net_desc: str) -> str | None:
@@ -209,20 +270,61 @@ def _set_tool_env() -> None:
         os.environ[key] = tool
 
 
+def _pll_dict(setting) -> dict | None:
+    if setting is None:
+        return None
+    from .pll import Ice40Pll
+
+    if isinstance(setting, Ice40Pll):
+        params = {"DIVR": setting.divr, "DIVF": setting.divf, "DIVQ": setting.divq,
+                  "FILTER_RANGE": setting.filter_range}
+    else:
+        params = {"CLKI_DIV": setting.clki_div, "CLKFB_DIV": setting.clkfb_div, "CLKOP_DIV": setting.clkop_div}
+    return {"cell": "SB_PLL40_PAD" if isinstance(setting, Ice40Pll) else "EHXPLLL", "in_mhz": setting.f_in_mhz,
+            "out_mhz": setting.f_out_mhz, "vco_mhz": setting.f_vco_mhz, **params}
+
+
+def timing_failure_sentence(report: BuildReport, family: str, oscillator_mhz: float, log_path: Path) -> str:
+    """Why a build that misses its clock is refused, and the --clock that the design's Fmax allows."""
+    from .pll import PllError, pll_for
+
+    fmax = report.fmax_mhz
+    achieved = "nextpnr reported no Fmax" if fmax is None else f"it reaches {fmax:.2f} MHz"
+    try:
+        advice = f"--clock {pll_for(family, oscillator_mhz, fmax or 0.0).f_out_mhz:g} or lower"
+    except PllError:
+        advice = f"--clock {oscillator_mhz:g} (the oscillator, no PLL)"
+    return (f"the design does not meet the {report.target_mhz:g} MHz clock on the {report.board}: {achieved} (see "
+            f"{log_path}); build with {advice}, or with --allow-timing-fail to keep the bitstream anyway")
+
+
 def build(net: Network, board: str = "icebreaker", out_dir: str | Path = "build/bitstream",
           time_steps: int | None = None, *, baudrate: int = 115200, name: str = "spikeforge",
-          timeout_s: float | None = None) -> BuildReport:
+          timeout_s: float | None = None, clock_mhz: float | None = None,
+          allow_timing_fail: bool = False) -> BuildReport:
     """Build the board top for ``net`` into ``out_dir``; nothing is programmed.
 
-    Tools come from $YOSYS, $NEXTPNR_ICE40, ... (set to the YoWASP builds when unset). nextpnr runs with
-    ``--timing-allow-fail`` so that a design slower than the board clock still yields a bitstream and a report
-    (``BuildReport.timing_met`` is then False).
+    The design runs at ``clock_mhz`` (the board's default when None: ``BOARDS[board].default_clock_mhz``) made
+    by the PLL, rounded down to a frequency it can make; the oscillator's own frequency uses no PLL. nextpnr is
+    told that clock and runs with ``--timing-allow-fail``, so a slower design still yields a bitstream and
+    ``report.json``; then, unless ``allow_timing_fail``, BitstreamError says by how much it missed.
+    Tools come from $YOSYS, $NEXTPNR_ICE40, ... (set to the YoWASP builds when unset).
     """
     from .board import BoardTop
+    from .pll import PllError
 
     if board not in BOARDS:
         raise BitstreamError(f"unknown board {board!r}; choose one of {', '.join(BOARDS)}")
     spec = BOARDS[board]
+    requested = spec.default_clock_mhz if clock_mhz is None else float(clock_mhz)
+    platform = _platform(board)
+    top = BoardTop(net, time_steps, baudrate=baudrate, clock_mhz=requested)
+    try:
+        setting = top.pll_setting(platform)
+        top.divisor(top.clock_hz(platform))
+    except (PllError, ValueError) as error:  # an impossible clock or baud rate: found before any tool runs
+        top._MustUse__silence = True  # never elaborated, on purpose: no UnusedElaboratable warning
+        raise BitstreamError(f"{error}") from None
     _set_tool_env()
     missing = [os.environ[k] for k in ("YOSYS", f"NEXTPNR_{spec.family.upper()}")
                if shutil.which(os.environ[k]) is None]
@@ -235,12 +337,12 @@ def build(net: Network, board: str = "icebreaker", out_dir: str | Path = "build/
 
     check_supported(net)
     memory_bits = memory_precheck(net, board)
-    platform = _platform(board)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    plan = platform.prepare(BoardTop(net, T, baudrate=baudrate), name=name,
-                            nextpnr_opts="--timing-allow-fail")
+    # nextpnr derives the PLL output's constraint from the oscillator pin's and the PLL's dividers (the report
+    # checks it); a named constraint would depend on which alias of the clock net survives flattening
+    plan = platform.prepare(top, name=name, nextpnr_opts="--timing-allow-fail", synth_opts=spec.synth_opts)
     plan.extract(str(out))
     proc = subprocess.run(["sh", f"{plan.script}.sh"], cwd=out, capture_output=True, text=True,
                           timeout=timeout_s)
@@ -263,9 +365,26 @@ def build(net: Network, board: str = "icebreaker", out_dir: str | Path = "build/
     util, clocks = parse_nextpnr_log(log)
     names = dict(spec.resources)
     utilization = [Utilization(cell, names[cell], *util[cell]) for cell, _ in spec.resources if cell in util]
-    target = platform.default_clk_frequency / 1e6
+    through = paths_through_constant_clocks(log)
+    notes = []
+    target = top.clock_hz(platform) / 1e6
+    untold = [f"{clock} at {constraint:g} MHz" for clock, (_, constraint) in clocks.items()
+              if abs(constraint - target) > 0.01 * target]
+    if untold:  # Fmax is still compared with the target below
+        notes.append(f"nextpnr was told {', '.join(untold)}, not the {target:g} MHz clock")
     fmax = min((f for f, _ in clocks.values()), default=None)
+    if through and fmax is not None:
+        clock, ns = max(through.items(), key=lambda item: item[1])
+        notes.append(f"paths through combinational DSP blocks: {ns:.1f} ns ({1000 / ns:.1f} MHz), outside nextpnr's "
+                     f"Fmax and counted in it here")
+        fmax = min(fmax, 1000 / ns)
     report = BuildReport(board=board, device=f"{platform.device}-{platform.package}", bitstream=bitstream,
                          out_dir=out, utilization=utilization, fmax_mhz=fmax, target_mhz=target,
-                         build_s=time.perf_counter() - started, memory_bits=memory_bits)
+                         build_s=time.perf_counter() - started, memory_bits=memory_bits, requested_mhz=requested,
+                         pll=_pll_dict(setting), clocks=clocks, all_cells=util, notes=notes)
+    report.write_json()
+    if not report.timing_met and not allow_timing_fail:
+        bitstream.unlink()  # a board clocked beyond the design's Fmax may compute wrong results
+        raise BitstreamError(timing_failure_sentence(report, platform.family,
+                                                     platform.default_clk_frequency / 1e6, log_path))
     return report

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import operator
 
-from amaranth.hdl import Elaboratable, Module, Signal
+from amaranth.hdl import ClockDomain, Elaboratable, Module, Signal
 from amaranth.build import ResourceError
 from amaranth.lib import fifo, io, wiring
 from amaranth.lib.wiring import In, Out
 
 from spikeforge.netimage import Network
 
+from .pll import PllClock, pll_for
 from .uart import MIN_DIVISOR, UartRx, UartTx
 
 __all__ = ["BoardCore", "BoardTop", "FRAME_START", "FRAME_REPLY", "DEFAULT_BAUDRATE", "pixel_bytes"]
@@ -171,18 +172,33 @@ class BoardCore(wiring.Component):
 
 
 class BoardTop(Elaboratable):
-    """BoardCore on an amaranth-boards platform: UART 0's pins, the default clock, LED 0 = busy, LED 1 = error.
+    """BoardCore on an amaranth-boards platform: UART 0's pins, LED 0 = busy, LED 1 = error, and the clock.
 
-    The UART divisor is the platform's clock frequency over ``baudrate`` (rounded; refused if the baud rate is
-    off by more than 2%).
+    With ``clock_mhz`` None (or equal to the board's oscillator) everything runs on the oscillator (iCEBreaker
+    12 MHz, ULX3S 25 MHz); otherwise on the PLL's nearest frequency at or below ``clock_mhz`` (hw/pll.py), in the
+    ``sync`` domain that this top defines. The UART divisor is the clock frequency over ``baudrate``
+    (rounded; refused if the baud rate is off by more than 2%).
     """
 
     def __init__(self, net: Network, time_steps: int | None = None, *, baudrate: int = DEFAULT_BAUDRATE,
-                 accelerator=None):
+                 accelerator=None, clock_mhz: float | None = None):
         self.net = net
         self.time_steps = time_steps
         self.baudrate = operator.index(baudrate)
         self.accelerator = accelerator
+        self.clock_mhz = None if clock_mhz is None else float(clock_mhz)
+
+    def pll_setting(self, platform):
+        """The PLL setting this top uses on ``platform``, or None when it runs on the oscillator."""
+        oscillator_mhz = platform.default_clk_frequency / 1e6
+        if self.clock_mhz is None or abs(self.clock_mhz - oscillator_mhz) < 1e-9:
+            return None
+        return pll_for(platform.family, oscillator_mhz, self.clock_mhz)
+
+    def clock_hz(self, platform) -> float:
+        """The frequency the design runs at on ``platform`` (the PLL's achieved output, or the oscillator)."""
+        setting = self.pll_setting(platform)
+        return platform.default_clk_frequency if setting is None else setting.f_out_mhz * 1e6
 
     def divisor(self, clock_hz: float) -> int:
         divisor = round(clock_hz / self.baudrate)
@@ -193,8 +209,12 @@ class BoardTop(Elaboratable):
 
     def elaborate(self, platform):
         m = Module()
+        setting = self.pll_setting(platform)
+        if setting is not None:
+            m.domains.sync = ClockDomain("sync")
+            m.submodules.clock = PllClock(setting)
         m.submodules.core = core = BoardCore(self.net, self.time_steps,
-                                             divisor=self.divisor(platform.default_clk_frequency),
+                                             divisor=self.divisor(self.clock_hz(platform)),
                                              accelerator=self.accelerator)
         uart = platform.request("uart", 0, dir="-")
         m.submodules.uart_rx_pin = rx_pin = io.Buffer("i", uart.rx)

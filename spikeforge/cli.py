@@ -20,6 +20,8 @@ DATASETS = ("mnist", "fashion-mnist", "cifar10", "cifar100", "imagenette")
 EMBEDDED_DATASETS = ("mnist", "fashion-mnist")  # installed with spikeforge: no --data-dir needed
 BACKENDS = ("torch", "int", "rtl", "fpga")
 BOARDS = ("icebreaker", "ulx3s-85f")
+# spikeforge.hw.bitstream.BOARDS[b].default_clock_mhz (a test keeps the two equal; importing it here would slow --help)
+DEFAULT_CLOCK_MHZ = {"icebreaker": 16.5, "ulx3s-85f": 40.0}
 
 
 class CliError(Exception):
@@ -218,7 +220,9 @@ def cmd_bitstream(args) -> int:
     from spikeforge.hw.bitstream import build
 
     net = _load_network(args.network)
-    report = build(net, board=args.board, out_dir=args.out, time_steps=args.time_steps)
+    report = build(net, board=args.board, out_dir=args.out, time_steps=args.time_steps,
+                   clock_mhz=getattr(args, "clock", None),
+                   allow_timing_fail=getattr(args, "allow_timing_fail", False))
     print(report.format())
     return 0
 
@@ -313,6 +317,12 @@ def build_parser() -> argparse.ArgumentParser:
                                                                          "iCE40 UP5K)")
     p.add_argument("--out", default="build/bitstream", help="build folder")
     p.add_argument("--time-steps", type=int, help="T (default: the network file's)")
+    p.add_argument("--clock", type=float, metavar="MHZ",
+                   help="clock the accelerator runs at, made by the PLL (rounded down to a frequency it can make; the "
+                        "oscillator's own 12 or 25 MHz uses no PLL); default: "
+                        + ", ".join(f"{b} {mhz:g}" for b, mhz in DEFAULT_CLOCK_MHZ.items()))
+    p.add_argument("--allow-timing-fail", action="store_true",
+                   help="keep the bitstream when the design's Fmax is below the clock (default: refuse it)")
     p.set_defaults(func=cmd_bitstream)
 
     # gradflow has its own parser (spikeforge.sw.gradflow.main); main() hands it the arguments directly

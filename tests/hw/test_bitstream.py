@@ -5,21 +5,54 @@ from __future__ import annotations
 
 import pytest
 
-from spikeforge.hw.bitstream import BitstreamError, build, memory_precheck, parse_nextpnr_log
+from spikeforge.hw.bitstream import (BitstreamError, build, memory_precheck, parse_nextpnr_log,
+                                      paths_through_constant_clocks)
 from spikeforge.testing import random_network
 
 
-def test_small_network_builds_an_ice40_bitstream(tmp_path):
+def test_small_network_builds_an_ice40_bitstream_and_a_json_report(tmp_path):
+    import json
+
     net = random_network(5, input_shape=(1, 6, 6), layers=[("conv", 2, 3, 2, 1), ("dense", 4)])
-    report = build(net, "icebreaker", tmp_path / "ice40")
+    # 30 MHz is beyond this design: the report says so, and allow_timing_fail keeps the bitstream
+    report = build(net, "icebreaker", tmp_path / "ice40", clock_mhz=30, allow_timing_fail=True)
     assert report.bitstream.is_file() and report.bitstream.stat().st_size > 100_000  # an UP5K image is ~104 kB
     cells = {u.cell: u for u in report.utilization}
-    assert {"ICESTORM_LC", "ICESTORM_RAM", "ICESTORM_SPRAM", "ICESTORM_DSP"} <= set(cells)
+    assert {"ICESTORM_LC", "ICESTORM_RAM", "ICESTORM_SPRAM", "ICESTORM_DSP", "ICESTORM_PLL"} <= set(cells)
     assert 0 < cells["ICESTORM_LC"].used <= cells["ICESTORM_LC"].available == 5280
-    assert cells["ICESTORM_RAM"].available == 30
-    assert report.target_mhz == 12 and report.fmax_mhz and report.fmax_mhz > 0
+    assert cells["ICESTORM_RAM"].available == 30 and cells["ICESTORM_PLL"].used == 1
+    assert report.requested_mhz == report.target_mhz == 30 and report.pll["DIVF"] == 79
+    assert report.fmax_mhz and 0 < report.fmax_mhz < 30 and not report.timing_met
+    # nextpnr was told the PLL's clock (derived from the 12 MHz pin and the dividers)
+    assert [c for _, c in report.clocks.values()] == [pytest.approx(30, rel=0.01)]
     text = report.format()
-    assert "ICESTORM_LC" in text and "Fmax" in text and "12 MHz" in text
+    assert "ICESTORM_LC" in text and "Fmax" in text and "30 MHz clock (the PLL)" in text and "NOT MET" in text
+    saved = json.loads((tmp_path / "ice40" / "report.json").read_text())
+    assert saved == json.loads(json.dumps(report.to_json()))
+    assert saved["clock"]["fmax_mhz"] == report.fmax_mhz and saved["clock"]["timing_met"] is False
+    assert saved["resources"]["ICESTORM_LC"]["used"] == cells["ICESTORM_LC"].used
+
+
+def test_a_missed_clock_is_one_sentence_with_the_clock_that_would_pass(tmp_path):
+    from spikeforge.hw.bitstream import BuildReport, timing_failure_sentence
+
+    report = BuildReport(board="icebreaker", device="iCE40UP5K-SG48", bitstream=tmp_path / "x.bin",
+                         out_dir=tmp_path, utilization=[], fmax_mhz=17.2, target_mhz=19.875, build_s=1.0,
+                         requested_mhz=20.0, clocks={"clk": (17.2, 19.875)})
+    assert not report.timing_met
+    sentence = timing_failure_sentence(report, "iCE40", 12.0, tmp_path / "x.tim")
+    assert sentence == (f"the design does not meet the 19.875 MHz clock on the icebreaker: it reaches 17.20 MHz "
+                        f"(see {tmp_path / 'x.tim'}); build with --clock 16.875 or lower, or with "
+                        f"--allow-timing-fail to keep the bitstream anyway")
+    slow = BuildReport(**{**report.__dict__, "fmax_mhz": 9.0})
+    assert "--clock 12 (the oscillator, no PLL)" in timing_failure_sentence(slow, "iCE40", 12.0, tmp_path / "x.tim")
+
+
+def test_impossible_clock_is_refused_before_any_tool_runs(tmp_path):
+    net = random_network(1, input_shape=(1, 4, 4), layers=[("dense", 2)])
+    with pytest.raises(BitstreamError, match=r"^the iCE40 PLL cannot make a 300 MHz clock from 12 MHz"):
+        build(net, "icebreaker", tmp_path / "x", clock_mhz=300)
+    assert not (tmp_path / "x").exists()
 
 
 def test_oversized_network_is_refused_with_one_sentence(tmp_path):
@@ -65,6 +98,20 @@ def test_parse_utilization_and_fmax():
     assert clocks == {"cd_sync.clk": (16.75, 12.0)}
 
 
+NEXTPNR_DSP = """\
+Info: Max frequency for clock 'clk_$glb_clk': 16.77 MHz (PASS at 16.50 MHz)
+Info: Max delay posedge $PACKER_GND_NET_$glb_clk -> posedge clk_$glb_clk            : 18.15 ns
+Info: Max delay posedge clk_$glb_clk             -> posedge $PACKER_GND_NET_$glb_clk: 5.09 ns
+Info: Max delay posedge clk_$glb_clk             -> <async>                         : 11.49 ns
+"""
+
+
+def test_paths_through_combinational_dsps_are_bounded():
+    # a combinational SB_MAC16 has CLK tied low: nextpnr reports its paths as to and from a GND "clock"
+    assert paths_through_constant_clocks(NEXTPNR_DSP) == {"clk_$glb_clk": pytest.approx(23.24)}
+    assert paths_through_constant_clocks(NEXTPNR_DSP.replace("$PACKER_GND_NET", "other")) == {}
+
+
 def test_unknown_board_is_named():
     net = random_network(1, input_shape=(1, 4, 4), layers=[("dense", 2)])
     with pytest.raises(BitstreamError, match="unknown board 'de10'.*icebreaker, ulx3s-85f"):
@@ -78,7 +125,7 @@ def test_small_network_builds_an_ecp5_bitstream(tmp_path):
     assert report.bitstream.suffix == ".bit" and report.bitstream.is_file()
     cells = {u.cell: u for u in report.utilization}
     assert cells["TRELLIS_COMB"].used > 0 and cells["DP16KD"].available == 208
-    assert report.target_mhz == 25 and report.timing_met
+    assert report.target_mhz == 40 and report.pll["cell"] == "EHXPLLL" and report.timing_met
 
 
 @pytest.mark.slow

@@ -161,3 +161,30 @@ def test_other_platforms_get_a_memory_and_oversize_is_refused():
         Fragment.get(SinglePortRam(48, 20000), ICEBreakerPlatform())
     with pytest.raises(ValueError, match="positive width and depth, not 0 x 5"):
         SinglePortRam(0, 5)
+
+
+@pytest.mark.slow
+def test_spram_blocks_place_on_the_up5k(tmp_path):
+    """A tiny board build: an 18 x 20000 SinglePortRam swept by a counter, its read data folded onto an LED."""
+    from amaranth.hdl import Module as Top
+    from amaranth.lib import io
+    from amaranth_boards.icebreaker import ICEBreakerPlatform
+
+    from spikeforge.hw.bitstream import _set_tool_env, parse_nextpnr_log
+
+    class SweepTop(Elaboratable):
+        def elaborate(self, platform):
+            m = Top()
+            m.submodules.ram = ram = SinglePortRam(18, 20000)
+            counter = Signal(17)
+            m.d.sync += counter.eq(counter + 1)
+            m.d.comb += [ram.addr.eq(counter[:15]), ram.enable.eq(1), ram.write_enable.eq(counter[16]),
+                         ram.write_data.eq(counter * 3)]
+            m.submodules.led = led = io.Buffer("o", platform.request("led", 0, dir="-"))
+            m.d.sync += led.o.eq(ram.read_data.xor())
+            return m
+
+    _set_tool_env()
+    ICEBreakerPlatform().build(SweepTop(), name="sweep", build_dir=str(tmp_path), do_program=False)
+    util, _ = parse_nextpnr_log((tmp_path / "sweep.tim").read_text())
+    assert util["ICESTORM_SPRAM"] == (4, 4)  # 2 columns of 16 bits x 2 banks of 16K words

@@ -203,3 +203,14 @@ def test_run_torch_backend_errors_are_one_sentence(tmp_path, capsys):
                 "model": {}}, resnet)
     one_sentence(capsys, cli.main(["run", str(resnet), "--backend", "torch"]),
                  resnet, "takes 3x32x32 inputs", "`--dataset cifar100 --data-dir FOLDER`")
+
+
+def test_bitstream_clock_defaults_match_the_boards_and_a_bad_clock_is_one_sentence(tmp_path, capsys):
+    from spikeforge.hw.bitstream import BOARDS
+
+    assert cli.DEFAULT_CLOCK_MHZ == {board: spec.default_clock_mhz for board, spec in BOARDS.items()}
+    args = cli.build_parser().parse_args(["bitstream", "n.sfnet", "--clock", "33.3", "--allow-timing-fail"])
+    assert args.clock == 33.3 and args.allow_timing_fail
+    net = save_network(tmp_path, (1, 6, 6))
+    status = cli.main(["bitstream", net, "--clock", "300", "--out", str(tmp_path / "bs")])
+    one_sentence(capsys, status, "the iCE40 PLL cannot make a 300 MHz clock from 12 MHz", "choose a --clock")
