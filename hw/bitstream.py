@@ -109,6 +109,7 @@ class BuildReport:
     pll: dict | None = None
     clocks: dict[str, tuple[float, float]] = field(default_factory=dict)
     all_cells: dict[str, tuple[int, int]] = field(default_factory=dict)
+    lanes: dict[str, int] = field(default_factory=dict)  # population name -> output-channel lanes
 
     @property
     def timing_met(self) -> bool:
@@ -130,6 +131,8 @@ class BuildReport:
         else:
             verdict = "met" if self.timing_met else "NOT MET: the design may misbehave at this clock"
             lines.append(f"Fmax: {self.fmax_mhz:.2f} MHz against {clock} ({verdict})")
+        if self.lanes:
+            lines.append("lanes: " + ", ".join(f"{name} {count}" for name, count in self.lanes.items()))
         if self.memory_bits:
             lines.append(f"accelerator memories: {self.memory_bits:,} bits (estimate_memory)")
         lines.append(f"report: {self.out_dir / REPORT_FILE}")
@@ -147,7 +150,7 @@ class BuildReport:
             "resources": {u.cell: {"name": u.name, "used": u.used, "available": u.available} for u in self.utilization},
             "all_cells": {cell: {"used": used, "available": available}
                           for cell, (used, available) in self.all_cells.items()},
-            "memory_bits": self.memory_bits, "notes": self.notes,
+            "memory_bits": self.memory_bits, "lanes": self.lanes, "notes": self.notes,
         }
 
     def write_json(self, path: str | Path | None = None) -> Path:
@@ -212,7 +215,7 @@ def _not_fit_sentence(log: str, board: _Board, net_desc: str) -> str | None:
 # --- the memory pre-check ----------------------------------------------------------------------------------
 
 
-def memory_precheck(net: Network, board: str) -> int:
+def memory_precheck(net: Network, board: str, lanes=None) -> int:
     """Raise BitstreamError when the accelerator's memories alone exceed the device's block RAM; else their
     total in bits.
 
@@ -223,7 +226,7 @@ def memory_precheck(net: Network, board: str) -> int:
     from .accelerator import estimate_memory
 
     spec = BOARDS[board]
-    rows = estimate_memory(net)
+    rows = estimate_memory(net, lanes=lanes)
     total = sum(r["bits"] for r in rows)
     if total > spec.ram_bits:
         largest = sorted(rows, key=lambda r: -r["bits"])[:3]
@@ -301,16 +304,19 @@ def timing_failure_sentence(report: BuildReport, family: str, oscillator_mhz: fl
 def build(net: Network, board: str = "icebreaker", out_dir: str | Path = "build/bitstream",
           time_steps: int | None = None, *, baudrate: int = 115200, name: str = "spikeforge",
           timeout_s: float | None = None, clock_mhz: float | None = None,
-          allow_timing_fail: bool = False) -> BuildReport:
+          allow_timing_fail: bool = False, lanes=None) -> BuildReport:
     """Build the board top for ``net`` into ``out_dir``; nothing is programmed.
 
     The design runs at ``clock_mhz`` (the board's default when None: ``BOARDS[board].default_clock_mhz``) made
     by the PLL, rounded down to a frequency it can make; the oscillator's own frequency uses no PLL. nextpnr is
     told that clock and runs with ``--timing-allow-fail``, so a slower design still yields a bitstream and
     ``report.json``; then, unless ``allow_timing_fail``, BitstreamError says by how much it missed.
+    ``lanes`` (``choose_lanes`` forms) defaults to the device's lane plan (``spikeforge.hw.lanes.plan_lanes``).
     Tools come from $YOSYS, $NEXTPNR_ICE40, ... (set to the YoWASP builds when unset).
     """
+    from .accelerator import Accelerator, choose_lanes
     from .board import BoardTop
+    from .lanes import plan_lanes
     from .pll import PllError
 
     if board not in BOARDS:
@@ -318,7 +324,9 @@ def build(net: Network, board: str = "icebreaker", out_dir: str | Path = "build/
     spec = BOARDS[board]
     requested = spec.default_clock_mhz if clock_mhz is None else float(clock_mhz)
     platform = _platform(board)
-    top = BoardTop(net, time_steps, baudrate=baudrate, clock_mhz=requested)
+    chosen = plan_lanes(net, board) if lanes is None else choose_lanes(net, lanes)
+    top = BoardTop(net, time_steps, baudrate=baudrate, clock_mhz=requested,
+                   accelerator=lambda n, t: Accelerator(n, t, lanes=chosen))
     try:
         setting = top.pll_setting(platform)
         top.divisor(top.clock_hz(platform))
@@ -336,7 +344,7 @@ def build(net: Network, board: str = "icebreaker", out_dir: str | Path = "build/
     from .accelerator import check_supported
 
     check_supported(net)
-    memory_bits = memory_precheck(net, board)
+    memory_bits = memory_precheck(net, board, chosen)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -381,7 +389,8 @@ def build(net: Network, board: str = "icebreaker", out_dir: str | Path = "build/
     report = BuildReport(board=board, device=f"{platform.device}-{platform.package}", bitstream=bitstream,
                          out_dir=out, utilization=utilization, fmax_mhz=fmax, target_mhz=target,
                          build_s=time.perf_counter() - started, memory_bits=memory_bits, requested_mhz=requested,
-                         pll=_pll_dict(setting), clocks=clocks, all_cells=util, notes=notes)
+                         pll=_pll_dict(setting), clocks=clocks, all_cells=util, notes=notes,
+                         lanes={net.populations[p].name: count for p, count in chosen.items()})
     report.write_json()
     if not report.timing_met and not allow_timing_fail:
         bitstream.unlink()  # a board clocked beyond the design's Fmax may compute wrong results

@@ -166,7 +166,8 @@ class CycleModel:
             walkers = [k for _, ks in self.groups[p] for k in ks]
             units[p] = {"state": "ACC", "group": 0, "turn": 0, "left": {k: 0 for k in walkers}, "step": 0,
                         "u_run": False, "u_addr": 0, "s": [None, None, None], "pending": deque()}
-        for cycle in range(max_cycles):
+        cycle = 0
+        while cycle < max_cycles:
             writes: dict[tuple[int, int], int] = {}
             reads: set[tuple[int, int]] = set()
 
@@ -186,6 +187,15 @@ class CycleModel:
             for p, u in units.items():
                 plans[p] = self._decide(p, u, fifos, hand, reads, cycle, emissions, result)
             done = plans[last].get("done", False)
+
+            skip = self._quiet_cycles(inp, stall_in, writes, reads, plans, units, fifos)
+            if skip:
+                # nothing but walks in progress for `skip` cycles: jump to the cycle in which a walker frees up
+                for u in units.values():
+                    for k, left in u["left"].items():
+                        u["left"][k] = max(0, left - skip)
+                cycle += skip
+                continue
 
             # --- clock edge ---
             if not stall_in:
@@ -208,7 +218,33 @@ class CycleModel:
                 result.step_ends[last].append(cycle)
                 result.cycles = cycle + 1
                 return result
+            cycle += 1
         raise RuntimeError(f"the cycle model did not finish the image within {max_cycles} cycles")
+
+    @staticmethod
+    def _quiet_cycles(inp, stall_in, writes, reads, plans, units, fifos) -> int:
+        """How many cycles from this one change nothing but the walkers' remaining updates (0 if this one
+        changes more): no handshake, every unit accumulating with no event or token taken or stalled on a full
+        FIFO downstream, the input unit stalled or idle, no FIFO moving an entry to its output register. Those cycles last until the first
+        busy walker frees up."""
+        if writes or reads:
+            return 0
+        if not (stall_in or (not inp["scanning"] and not inp["p_valid"])):
+            return 0
+        for p, u in units.items():
+            plan = plans[p]
+            if u["state"] == "ACC":
+                if plan:
+                    return 0
+            elif u["state"] == "UPDATE":
+                if plan["sent"] or plan["advance"]:  # a stalled update pass waits for room downstream
+                    return 0
+            elif u["state"] != "STEP_END" or plan["token_out"]:
+                return 0
+        if any(f.depth > 1 and f.inner and f.out is None for f in fifos.values()):
+            return 0
+        busy = [left for u in units.values() for left in u["left"].values() if left >= 2]
+        return min(busy) - 1 if busy else 0
 
     def _decide(self, p, u, fifos, hand, reads, cycle, emissions, result) -> dict:
         """This cycle's combinational decisions of layer unit p."""

@@ -190,7 +190,8 @@ def _job(net: Network, images: np.ndarray, time_steps: int, out: Path, seed: int
 
 
 def run_rtl(net: Network, images, time_steps: int | None = None, build_dir: str | Path | None = None,
-            waves: bool = False, *, seed: int = 1, jobs: int | None = None, design=None) -> SpikeRecord:
+            waves: bool = False, *, seed: int = 1, jobs: int | None = None, design=None,
+            lanes=None) -> SpikeRecord:
     """Simulate the accelerator for ``net`` on ``images`` (uint8-valued [B, C, H, W]) for T steps in Icarus.
 
     The record's ``spikes[p]`` count the spike events population p emitted for each neuron in each step (1 =
@@ -202,7 +203,8 @@ def run_rtl(net: Network, images, time_steps: int | None = None, build_dir: str 
     (``waves=True``: ``<build_dir>/<toplevel>.fst``); by default a fresh temporary folder (deleted afterwards
     unless waves are kept). ``seed`` draws the random valid gaps and ready back-pressure. ``jobs`` splits the
     images over that many Icarus processes running at once (one build; default: one per CPU core, at most one
-    per image; always 1 with ``waves``).
+    per image; always 1 with ``waves``). ``lanes`` goes to the Accelerator (``choose_lanes``) unless ``design``
+    is given.
     """
     from cocotb_tools.runner import get_runner
 
@@ -225,7 +227,15 @@ def run_rtl(net: Network, images, time_steps: int | None = None, build_dir: str 
     root = Path(tempfile.mkdtemp(prefix="spikeforge-rtl-")) if temporary else Path(build_dir).resolve()
     root.mkdir(parents=True, exist_ok=True)
     try:
-        digest = _network_digest(net, T) + ("-custom" if design is not None else "")
+        if design is None and lanes is not None:
+            from spikeforge.hw.accelerator import Accelerator, choose_lanes
+
+            chosen = choose_lanes(net, lanes)
+            design = lambda n, t: Accelerator(n, t, lanes=chosen)  # noqa: E731
+            tag = "-lanes" + "-".join(str(chosen[p]) for p in sorted(chosen))
+        else:
+            tag = "-custom" if design is not None else ""
+        digest = _network_digest(net, T) + tag
         work = root / digest
         verilog_path = work / f"{TOPLEVEL}.v"
         generate_verilog(net, T, work, design)  # always: the generator may have changed since the last run

@@ -148,12 +148,20 @@ def cmd_run(args) -> int:
     from spikeforge.record import first_mismatch
     from spikeforge.sim.rtl import run_rtl
 
-    rtl = run_rtl(net, images, time_steps=T, build_dir=args.build_dir, waves=args.waves)
+    from spikeforge.hw.cycle_model import CycleModel
+
+    lanes = _lanes(args, net, args.board)
+    rtl = run_rtl(net, images, time_steps=T, build_dir=args.build_dir, waves=args.waves, lanes=lanes)
     accuracy = float((rtl.prediction == labels).mean())
     cycles = list(rtl.cycles)
     print(f"rtl (Icarus) accuracy: {accuracy * 100:.2f}% on {len(labels)} {args.dataset} test images, T={T}, "
           f"{rtl.wall_s:.1f} s")
+    print("lanes (" + args.board + "): " + ", ".join(f"{net.populations[p].name} {n}" for p, n in lanes.items()))
     print(f"cycles per image: mean {sum(cycles) / len(cycles):.0f}, min {min(cycles)}, max {max(cycles)}")
+    predicted = [c.cycles for c in CycleModel(net, T, lanes=lanes).run(images, ref)]
+    worst = max(abs(p - c) / c for p, c in zip(predicted, cycles))
+    print(f"cycle model (spikeforge perf): mean {sum(predicted) / len(predicted):.0f}, largest difference from the "
+          f"RTL {worst * 100:.2f}% ({sum(p == c for p, c in zip(predicted, cycles))} of {len(cycles)} images exact)")
     _print_counts(net, rtl.spike_counts(), len(labels), T)
     mismatch = first_mismatch(ref, rtl)
     if mismatch:
@@ -216,13 +224,29 @@ def _run_fpga(args, net, images, labels, ref) -> int:
     return 0
 
 
+LANES_HELP = ("output-channel lanes per layer: 'auto' (the board's lane plan), one number for every layer, or "
+              "name=N,name=N for some layers (default: auto)")
+
+
+def _lanes(args, net, board):
+    """``--lanes`` of run, bitstream and perf (the board's lane plan by default)."""
+    from spikeforge.hw.accelerator import UnsupportedNetworkError
+    from spikeforge.hw.lanes import parse_lanes
+
+    try:
+        return parse_lanes(getattr(args, "lanes", None), net, board)
+    except UnsupportedNetworkError as error:
+        raise CliError(str(error)) from None
+
+
 def cmd_bitstream(args) -> int:
     from spikeforge.hw.bitstream import build
 
     net = _load_network(args.network)
     report = build(net, board=args.board, out_dir=args.out, time_steps=args.time_steps,
                    clock_mhz=getattr(args, "clock", None),
-                   allow_timing_fail=getattr(args, "allow_timing_fail", False))
+                   allow_timing_fail=getattr(args, "allow_timing_fail", False),
+                   lanes=_lanes(args, net, args.board))
     print(report.format())
     return 0
 
@@ -308,6 +332,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--waves", action="store_true", help="rtl: dump a waveform file")
     p.add_argument("--port", default="/dev/ttyUSB1", help="fpga: the board's serial port (default /dev/ttyUSB1)")
     p.add_argument("--baudrate", type=int, default=115200, help="fpga: must match the bitstream (default 115200)")
+    p.add_argument("--lanes", default="auto", help="rtl: " + LANES_HELP)
+    p.add_argument("--board", choices=BOARDS, default="icebreaker",
+                   help="rtl: simulate the design with this board's lane plan (default: icebreaker)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("bitstream", help="build an FPGA bitstream of the accelerator for a network and print "
@@ -323,6 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
                         + ", ".join(f"{b} {mhz:g}" for b, mhz in DEFAULT_CLOCK_MHZ.items()))
     p.add_argument("--allow-timing-fail", action="store_true",
                    help="keep the bitstream when the design's Fmax is below the clock (default: refuse it)")
+    p.add_argument("--lanes", default="auto", help=LANES_HELP)
     p.set_defaults(func=cmd_bitstream)
 
     # gradflow has its own parser (spikeforge.sw.gradflow.main); main() hands it the arguments directly
