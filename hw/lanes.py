@@ -128,9 +128,10 @@ def parse_lanes(text: str | None, net: Network, board: str | None = None) -> dic
         return plan_lanes(net, board) if board else choose_lanes(net)
     if "=" not in text:
         try:
-            return choose_lanes(net, int(text))
+            count = int(text)
         except ValueError:
             raise UnsupportedNetworkError(f"--lanes {text!r} is not a number, 'auto' or name=N pairs") from None
+        return choose_lanes(net, count)
     given = {}
     for part in text.split(","):
         name, _, count = part.partition("=")

@@ -21,8 +21,9 @@ __all__ = ["simulate", "SOURCE"]
 SOURCE = "Amaranth simulation"  # the record's name in mismatch messages
 
 
-def simulate(net: Network, images, time_steps: int | None = None, *, lanes=None, results_ready: float = 1.0,
-            seed: int = 0, max_cycles: int = 5_000_000, vcd: str | None = None) -> SpikeRecord:
+def simulate(net: Network, images, time_steps: int | None = None, *, lanes=None, fifo_depth: int = 4,
+             results_ready: float = 1.0, seed: int = 0, max_cycles: int = 5_000_000,
+             vcd: str | None = None) -> SpikeRecord:
     """Simulate the accelerator on ``images`` (uint8-valued [B, C, H, W]).
 
     The record's ``spikes`` count the events of the trace ports per neuron and step (2 or more: a neuron reported
@@ -30,7 +31,7 @@ def simulate(net: Network, images, time_steps: int | None = None, *, lanes=None,
     order the hardware emitted them; ``cycles`` is the accelerator's ``cycles`` after each image and
     ``sim_cycles`` the cycles the whole simulation ran.
 
-    ``results_ready`` < 1 drops the results stream's ready at random (that fraction of cycles ready) to exercise
+    ``lanes`` and ``fifo_depth`` go to the Accelerator. ``results_ready`` < 1 drops the results stream's ready at random (that fraction of cycles ready) to exercise
     back-pressure. Raises RuntimeError if an image does not finish within ``max_cycles``.
     """
     T = net.time_steps if time_steps is None else time_steps
@@ -38,7 +39,7 @@ def simulate(net: Network, images, time_steps: int | None = None, *, lanes=None,
     if images.ndim == 3:
         images = images[:, None]
     B = images.shape[0]
-    dut = Accelerator(net, T, lanes=lanes)
+    dut = Accelerator(net, T, lanes=lanes, fifo_depth=fifo_depth)
     pops = net.populations
     lif = [p for p, pop in enumerate(pops) if pop.kind == "lif"]
     spikes = [np.zeros((T, B, *pop.shape), np.uint8) if pop.kind == "lif" else None for pop in pops]

@@ -239,6 +239,31 @@ def _lanes(args, net, board):
         raise CliError(str(error)) from None
 
 
+def cmd_perf(args) -> int:
+    import json
+
+    from spikeforge.perf import format_report, predict
+
+    if args.images is not None and args.images < 1:
+        raise CliError(f"--images {args.images}: give a positive number of test images, or leave the option out to "
+                       f"use them all")
+    if args.clock is not None and args.clock <= 0:
+        raise CliError(f"--clock {args.clock}: give the clock in MHz, a positive number")
+    net = _load_network(args.model)
+    images, labels = _test_images(args, net.input.shape, net.metadata.get("dataset"))
+    lanes = _lanes(args, net, args.board)
+    clock = args.clock or DEFAULT_CLOCK_MHZ[args.board]
+    report = predict(net, images, labels, lanes=lanes, clock_mhz=clock, time_steps=args.time_steps,
+                     jobs=args.jobs, progress=True)
+    report["board"], report["dataset"] = args.board, args.dataset
+    print(format_report(report, args.board))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=1)
+        print(f"report: {args.json}")
+    return 0
+
+
 def cmd_bitstream(args) -> int:
     from spikeforge.hw.bitstream import build
 
@@ -336,6 +361,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--board", choices=BOARDS, default="icebreaker",
                    help="rtl: simulate the design with this board's lane plan (default: icebreaker)")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("perf", help="predict cycles, latency and throughput per image on a board from the cycle "
+                                    "model and the integer reference's spikes (no simulation)")
+    p.add_argument("model", metavar="network", help="network file (.sfnet)")
+    data_args(p, DATASETS, "the test set (default: mnist)", f"mnist, fashion-mnist: {idx_dir_help}; others: the "
+                                                          f"folder you unpacked the dataset into")
+    p.add_argument("--images", type=int, help="use only the first N test images (default: all)")
+    p.add_argument("--time-steps", type=int, help="T (default: the network file's)")
+    p.add_argument("--board", choices=BOARDS, default="icebreaker", help="board whose lane plan and default clock "
+                                                                         "to use (default: icebreaker)")
+    p.add_argument("--lanes", default="auto", help=LANES_HELP)
+    p.add_argument("--clock", type=float, metavar="MHZ", help="clock in MHz (default: the board's default clock; "
+                                                              "give the Fmax a build reported to see that speed)")
+    p.add_argument("--jobs", type=int, help="processes (default: one per core)")
+    p.add_argument("--json", help="also write the report as JSON to this file")
+    p.set_defaults(func=cmd_perf)
 
     p = sub.add_parser("bitstream", help="build an FPGA bitstream of the accelerator for a network and print "
                                          "utilization and Fmax")

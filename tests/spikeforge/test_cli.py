@@ -15,7 +15,8 @@ from spikeforge.testing import random_network
     ("export", ["checkpoint", "--output", "--max-acc-bits"]),
     ("inspect", ["network"]),
     ("run", ["--backend", "{torch,int,rtl,fpga}", "--images", "--waves", "--port"]),
-    ("bitstream", ["--board", "{icebreaker,ulx3s-85f}"]),
+    ("bitstream", ["--board", "{icebreaker,ulx3s-85f}", "--lanes", "--clock"]),
+    ("perf", ["--board", "--lanes", "--clock", "--images", "--json"]),
     ("demo", ["--rtl-images", "--board"]),
 ])
 def test_help_lists_the_options(command, expected):
@@ -214,3 +215,35 @@ def test_bitstream_clock_defaults_match_the_boards_and_a_bad_clock_is_one_senten
     net = save_network(tmp_path, (1, 6, 6))
     status = cli.main(["bitstream", net, "--clock", "300", "--out", str(tmp_path / "bs")])
     one_sentence(capsys, status, "the iCE40 PLL cannot make a 300 MHz clock from 12 MHz", "choose a --clock")
+
+
+def test_perf_reports_latency_lanes_and_writes_json(tmp_path, capsys):
+    """`spikeforge perf` on the committed demo network: the iCEBreaker's lane plan, latency = (cycles + pixel
+    load) / clock, and the JSON agrees with the cycle model run directly."""
+    import json
+
+    from spikeforge.hw.cycle_model import CycleModel
+    from spikeforge.hw.lanes import plan_lanes
+    from spikeforge.sw import reference
+    from spikeforge.sw.data import load_dataset
+
+    out = tmp_path / "perf.json"
+    status = cli.main(["perf", "tests/data/demo-mnist.sfnet", "--images", "3", "--clock", "20", "--jobs", "1",
+                       "--json", str(out)])
+    text = capsys.readouterr().out
+    assert status == 0 and "latency per image" in text and "lane use" in text
+    report = json.loads(out.read_text())
+    net = netimage.load("tests/data/demo-mnist.sfnet")
+    images = load_dataset("mnist", "test")[0][:3]
+    lanes = plan_lanes(net, "icebreaker")
+    want = [c.cycles for c in CycleModel(net, lanes=lanes).run(images, reference.run(net, images))]
+    assert report["per_image_cycles"] == want
+    assert [layer["lanes"] for layer in report["layers"]] == [lanes[p] for p in sorted(lanes)]
+    assert report["latency_us"]["mean"] == pytest.approx((np.mean(want) + 784) / 20)
+    assert 0 < report["layers"][0]["lane_utilization"] <= 1
+
+
+def test_perf_bad_lanes_is_one_sentence(capsys):
+    assert cli.main(["perf", "tests/data/demo-mnist.sfnet", "--images", "1", "--lanes", "conv9=2"]) == 2
+    err = capsys.readouterr().err
+    assert "'conv9', which is not a layer" in err and err.count("\n") == 1

@@ -1,0 +1,56 @@
+"""The lane plan (spikeforge.hw.lanes): what it picks for the demo network on each board, that its picks fit
+the device's estimates, and the --lanes option's forms and refusals."""
+
+from __future__ import annotations
+
+import pytest
+
+from spikeforge import netimage
+from spikeforge.hw.accelerator import UnsupportedNetworkError, choose_lanes
+from spikeforge.hw.lanes import DEVICES, estimate_logic, estimate_ram_blocks, parse_lanes, plan_lanes
+from spikeforge.testing import random_network
+from hw_helpers import demo_shaped_network
+
+DEMO = "tests/data/demo-mnist.sfnet"
+
+
+@pytest.mark.parametrize("board", ["icebreaker", "ulx3s-85f"])
+def test_plan_fits_the_device_and_cannot_grow(board):
+    net = netimage.load(DEMO)
+    device = DEVICES[board]
+    lanes = plan_lanes(net, board)
+    assert estimate_ram_blocks(net, lanes, device) <= device.ram_blocks
+    assert estimate_logic(net, lanes) <= device.logic_fill * device.logic_cells
+    for p, count in lanes.items():
+        limit = net.populations[p].channels
+        grown = {**lanes, p: min(limit, count * 2)}
+        if grown[p] != count:  # every layer below its limit would break a budget by doubling
+            assert (estimate_ram_blocks(net, grown, device) > device.ram_blocks
+                    or estimate_logic(net, grown) > device.logic_fill * device.logic_cells), (p, lanes)
+
+
+def test_demo_plans():
+    """The UP5K's 30 block RAMs and 5,280 cells hold 8 lanes for both convs; the ECP5-85F takes every channel."""
+    net = netimage.load(DEMO)
+    assert [plan_lanes(net, "icebreaker")[p] for p in (1, 2)] == [8, 8]
+    assert plan_lanes(net, "ulx3s-85f") == {1: 8, 2: 16, 3: 10}
+
+
+def test_parse_lanes_forms_and_refusals():
+    net = demo_shaped_network()
+    assert parse_lanes("3", net) == {1: 3, 2: 3, 3: 3}
+    assert parse_lanes(None, net) == choose_lanes(net) == {1: 8, 2: 16, 3: 10}
+    assert parse_lanes("layer2=4", net) == {1: 8, 2: 4, 3: 10}
+    assert parse_lanes("layer2=4", net, "icebreaker")[2] == 4
+    for bad, match in (("many", "not a number"), ("layer2=x", "whole number"), ("conv7=2", "not a layer"),
+                       ("layer1=9", "can use 1 to 8 lanes"), ("0", "at least 1")):
+        with pytest.raises(UnsupportedNetworkError, match=match):
+            parse_lanes(bad, net)
+
+
+def test_a_readout_with_rows_takes_one_lane():
+    """Results leave in flat index order, so a conv readout (H x W > 1) keeps one lane whatever is asked."""
+    net = random_network(2, input_shape=(1, 6, 6), layers=[("conv", 4, 3, 1, 1), ("conv", 3, 3, 2, 1)])
+    assert choose_lanes(net, 4) == {1: 4, 2: 1}
+    with pytest.raises(UnsupportedNetworkError, match="can use 1 to 1 lanes"):
+        choose_lanes(net, {"readout": 2})
