@@ -16,7 +16,8 @@ from spikeforge.netimage import Network
 from .accelerator import UnsupportedNetworkError, choose_lanes, estimate_memory
 from .layers import FanoutWalker, channel_words, grid, is_diagonal, lane_limit
 
-__all__ = ["Device", "DEVICES", "plan_lanes", "parse_lanes", "estimate_logic", "ram_blocks"]
+__all__ = ["Device", "DEVICES", "plan_lanes", "parse_lanes", "estimate_logic", "estimate_ram_blocks", "multipliers",
+           "ram_blocks"]
 
 
 @dataclass(frozen=True)
@@ -28,15 +29,19 @@ class Device:
     ram_blocks: int
     ram_configs: tuple[tuple[int, int], ...]
     logic_cells: int
+    multipliers: int  # DSP blocks: one per lane of a projection from the pixels
     board_ram_blocks: int = 2
     # the share of the logic the plan fills at most: place and route needs some slack
     logic_fill: float = 0.96
+    # blocks kept free: Yosys does not always find the best block shape (the demo's 2,352 x 16 readout ROM took 11
+    # blocks where 10 of 256 x 16 would do)
+    ram_margin: int = 1
 
 
 DEVICES = {
-    "icebreaker": Device("iCE40 UP5K", 30, ((256, 16), (512, 8), (1024, 4), (2048, 2)), 5280),
+    "icebreaker": Device("iCE40 UP5K", 30, ((256, 16), (512, 8), (1024, 4), (2048, 2)), 5280, 8),
     "ulx3s-85f": Device("ECP5-85F", 208, ((512, 36), (1024, 18), (2048, 9), (4096, 4), (8192, 2), (16384, 1)),
-                        83640),
+                        83640, 156, ram_margin=4),
 }
 
 # memories smaller than this go to logic (Yosys maps them to flip-flops and LUTs, measured on the UP5K builds)
@@ -97,8 +102,8 @@ def _work(net: Network, lanes: dict[int, int], activity: float, pixel_fill: floa
 
 def plan_lanes(net: Network, board: str, *, activity: float = 0.1, pixel_fill: float = 0.25) -> dict[int, int]:
     """Lanes per layer for ``board``: starting from one lane each, double the lanes of the layer with the most
-    expected work per step (``_work``) while the block RAM and logic estimates still fit the device; a layer that
-    cannot grow is left as it is and the next one is tried."""
+    expected work per step (``_work``) while the block RAM, logic and multiplier estimates still fit the device;
+    a layer that cannot grow is left as it is and the next one is tried."""
     device = DEVICES[board]
     lanes = {p: 1 for p in range(1, len(net.populations))}
     fixed: set[int] = set()
@@ -116,9 +121,15 @@ def plan_lanes(net: Network, board: str, *, activity: float = 0.1, pixel_fill: f
         lanes = grown
 
 
+def multipliers(net: Network, lanes: dict[int, int]) -> int:
+    """Pixel multipliers: one per lane of every projection from the input (spikes need none)."""
+    return sum(P for p, P in lanes.items() for proj in net.populations[p].projections if proj.source == 0)
+
+
 def _fits(net: Network, lanes: dict[int, int], device: Device) -> bool:
-    return (estimate_ram_blocks(net, lanes, device) <= device.ram_blocks
-            and estimate_logic(net, lanes) <= device.logic_fill * device.logic_cells)
+    return (estimate_ram_blocks(net, lanes, device) <= device.ram_blocks - device.ram_margin
+            and estimate_logic(net, lanes) <= device.logic_fill * device.logic_cells
+            and multipliers(net, lanes) <= device.multipliers)
 
 
 def parse_lanes(text: str | None, net: Network, board: str | None = None) -> dict[int, int]:

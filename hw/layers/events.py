@@ -6,16 +6,30 @@ a spike); an end-of-step token follows the last event of each time step.
 from __future__ import annotations
 
 import numpy as np
-from amaranth.hdl import unsigned
+from amaranth.hdl import Const, unsigned
 from amaranth.lib import data
 
 from spikeforge.netimage import Population, Projection
 
-__all__ = ["index_bits", "event_layout", "projection_groups", "is_diagonal", "weight_words",
+__all__ = ["times_constant", "index_bits", "event_layout", "projection_groups", "is_diagonal", "weight_words",
            "grid", "channel_words", "lane_limit", "DEFAULT_MAX_LANES"]
 
 # the widest lane count chosen when the caller gives none (one accumulation per lane per cycle)
 DEFAULT_MAX_LANES = 16
+
+
+def times_constant(value, constant: int):
+    """``value * constant`` as a sum of shifted copies of ``value``: synth_ice40 -dsp would spend one of the UP5K's
+    8 DSP blocks on every multiplication, constants included, and those are reserved for the pixel products."""
+    constant = int(constant)
+    assert constant >= 0
+    terms = [value << bit for bit in range(constant.bit_length()) if constant >> bit & 1]
+    if not terms:
+        return Const(0, 1)
+    result = terms[0]
+    for term in terms[1:]:
+        result = result + term
+    return result
 
 
 def index_bits(count: int) -> int:

@@ -12,7 +12,7 @@ from amaranth.lib.wiring import In, Out
 
 from spikeforge.netimage import Network
 
-from .events import channel_words, event_layout, grid, index_bits, is_diagonal, lane_limit, weight_words
+from .events import times_constant, channel_words, event_layout, grid, index_bits, is_diagonal, lane_limit, weight_words
 
 __all__ = ["EventFanout", "FanoutWalker"]
 
@@ -245,7 +245,7 @@ class FanoutWalker(wiring.Component):
                         m.d.sync += busy.eq(0)
         # take the next event; one that lands nowhere is taken and dropped
         with m.If(self.events.valid & self.events.ready):
-            start = ev_ci * TAP + w_y_in + w_x_in  # one constant multiply per event, not per update
+            start = times_constant(ev_ci, TAP) + w_y_in + w_x_in  # one constant multiply per event, not per update
             m.d.sync += [
                 busy.eq((ny_in != 0) & (nx_in != 0)), value.eq(ev.value),
                 cw.eq(0), co_offset.eq(0),

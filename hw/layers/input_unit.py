@@ -12,7 +12,7 @@ from amaranth.lib.wiring import In, Out
 from spikeforge.netimage import Population
 
 from ..spram import SinglePortRam
-from .events import event_layout
+from .events import event_layout, times_constant
 
 __all__ = ["InputUnit"]
 
@@ -89,7 +89,7 @@ class InputUnit(wiring.Component):
             self.events.payload.c.eq(e.c),
             self.events.payload.y.eq(e.y),
             self.events.payload.x.eq(e.x),
-            self.events.payload.index.eq(e.c * (H * W) + e.y * W + e.x),
+            self.events.payload.index.eq(times_constant(e.c, H * W) + times_constant(e.y, W) + e.x),
             self.events.payload.value.eq(e.value),
             self.events.payload.end.eq(p_end),
         ]

@@ -13,7 +13,7 @@ from amaranth.lib.wiring import In, Out
 
 from spikeforge.netimage import Network, signed_range
 
-from .events import channel_words, event_layout, grid, lane_limit, projection_groups
+from .events import channel_words, event_layout, grid, lane_limit, projection_groups, times_constant
 from .fanout import FanoutWalker
 
 __all__ = ["LayerUnit"]
@@ -233,7 +233,7 @@ class LayerUnit(wiring.Component):
                         with m.Case(yx):
                             m.d.comb += [y.eq(yx // W), x.eq(yx % W)]
             m.d.comb += [
-                out.payload.c.eq(e_g * P + lane), out.payload.y.eq(y), out.payload.x.eq(x),
+                out.payload.c.eq(times_constant(e_g, P) + lane), out.payload.y.eq(y), out.payload.x.eq(x),
                 out.payload.index.eq(lane_index), out.payload.value.eq(1),
             ]
         else:

@@ -1,0 +1,172 @@
+"""Writes docs/performance.md (and docs/performance.png): per network and board, the integer accuracy on the full
+test set, the cycle model's cycles and latency per image at the clock the bitstream meets, images/s, synaptic
+operations per second, lane utilization, and the build's resources and Fmax, next to published FPGA MNIST
+accelerators as ratios.
+
+    .venv/bin/python -m bench.performance                 # builds the bitstreams, models every test image
+    .venv/bin/python -m bench.performance --images 1000   # a quicker look (the docs state the image count)
+
+Each board's bitstream is built with `spikeforge.hw.bitstream.build` at the board's clock for this network
+(``NETWORKS`` below: the highest PLL clock the design met); a build that misses it fails here, loudly. Not a test:
+it takes about 20-40 minutes on two cores, most of it the cycle model over 10,000 images per row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+
+from spikeforge import netimage
+from spikeforge.hw.bitstream import build
+from spikeforge.hw.lanes import plan_lanes
+from spikeforge.perf import predict
+from spikeforge.sw.data import load_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# (label, network file, dataset, board, clock in MHz the bitstream is built for)
+NETWORKS = [
+    ("MNIST, sparse demo network", "tests/data/demo-mnist-sparse.sfnet", "mnist", "icebreaker", 25.0),
+    ("MNIST, sparse demo network", "tests/data/demo-mnist-sparse.sfnet", "mnist", "ulx3s-85f", 40.0),
+    ("MNIST, previous demo network (no activity penalty)", "tests/data/demo-mnist.sfnet", "mnist", "icebreaker",
+     25.0),
+]
+
+# published MNIST accelerators on FPGAs (latency per image in microseconds); see issue 26 and the papers
+ANCHORS = [
+    ("Spiker+", "Artix-7", 780.0, "7,612 LC, 18 BRAM", "93.85%"),
+    ("Flexi-NeurA", "", 1100.0, "1,623 LC", "97.23%"),
+    ("snn-fpga (Fan and Levy)", "Artix-7, 100 MHz", 520.0, "6,358 LUT, 40.5 BRAM", ""),
+    ("LIF-only accelerator with time encoding (Windhager et al.)", "UltraScale+", 290.0, "", "> 99%"),
+    ("Skydiver", "Zynq XC7Z045", 44.0, "large", "98.5%"),
+]
+
+
+def measure(label, path, dataset, board, clock, images, build_root) -> dict:
+    net = netimage.load(ROOT / path)
+    x, y = load_dataset(dataset, "test")
+    if images:
+        x, y = x[:images], y[:images]
+    lanes = plan_lanes(net, board)
+    started = time.perf_counter()
+    out = build_root / f"{Path(path).stem}-{board}"
+    report = build(net, board=board, out_dir=out, clock_mhz=clock, lanes=lanes)
+    build_s = time.perf_counter() - started
+    perf = predict(net, x, y, lanes=lanes, clock_mhz=report.target_mhz)
+    resources = {u.cell: (u.used, u.available) for u in report.utilization}
+    return {"label": label, "network": path, "dataset": dataset, "board": board, "device": report.device,
+            "clock_mhz": report.target_mhz, "fmax_mhz": report.fmax_mhz, "build_s": round(build_s),
+            "resources": resources, "perf": perf,
+            "lanes": {net.populations[p].name: n for p, n in lanes.items()}}
+
+
+def _res(row, cell):
+    used, available = row["resources"].get(cell, (0, 0))
+    return f"{used:,} / {available:,}"
+
+
+def write_markdown(rows, images_note, path: Path, plot: Path) -> None:
+    lines = [
+        "# Performance",
+        "",
+        "Written by `bench/performance.py` (`.venv/bin/python -m bench.performance`); do not edit by hand. "
+        f"Measured {datetime.date.today().isoformat()} on {platform.machine()} ({images_note}).",
+        "",
+        "**Latency** is the accelerator's cycles from an image's first pixel accepted to its last result out "
+        "(`C*H*W` pixel-load cycles at one pixel per cycle plus the cycle model's count after the last pixel, "
+        "which equals the RTL's: docs/architecture.md), divided by the clock the bitstream meets. The UART link is "
+        "not included (docs/hardware-flow.md). **Images/s** is one image after the other (the next image's load "
+        "waits for the results). **Synaptic operations** are neuron updates made by the layers' walkers; "
+        "**lane use** is synaptic operations / (lanes x word updates): how full the lanes of each word are.",
+        "",
+        "| network | board | integer accuracy | lanes | cycles / image (mean, after load) | latency (mean / max) "
+        "| images/s | synaptic ops/s | lane use | logic | block RAM | SPRAM | DSP | clock (Fmax) |",
+        "|---|---|---:|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        p = row["perf"]
+        ice = row["board"] == "icebreaker"
+        logic = _res(row, "ICESTORM_LC" if ice else "TRELLIS_COMB")
+        ram = _res(row, "ICESTORM_RAM" if ice else "DP16KD")
+        spram = _res(row, "ICESTORM_SPRAM") if ice else "-"
+        dsp = _res(row, "ICESTORM_DSP" if ice else "MULT18X18D")
+        lanes = " / ".join(str(n) for n in row["lanes"].values())
+        use = " / ".join(f"{layer['lane_utilization'] * 100:.0f}%" for layer in p["layers"])
+        lines.append(
+            f"| {row['label']} (`{row['network']}`) | {row['board']} ({row['device']}) | {p['accuracy'] * 100:.2f}% "
+            f"on {p['images']:,} | {lanes} | {p['cycles']['mean']:,.0f} | {p['latency_us']['mean']:.0f} / "
+            f"{p['latency_us']['max']:.0f} us | {p['images_per_s']:,.0f} | {p['synaptic_ops_per_s'] / 1e6:,.0f} M "
+            f"| {use} | {logic} | {ram} | {spram} | {dsp} | {row['clock_mhz']:.2f} MHz ({row['fmax_mhz']:.1f}) |")
+    best = rows[0]["perf"]["latency_us"]["mean"]
+    lines += [
+        "",
+        f"## Next to published FPGA MNIST accelerators (ratio = their latency / ours, ours = {best:.0f} us, the "
+        "first row above)",
+        "",
+        "| design | device | latency per image | ratio | logic | accuracy |",
+        "|---|---|---:|---:|---|---|",
+    ]
+    for name, device, latency, logic, accuracy in ANCHORS:
+        lines.append(f"| {name} | {device} | {latency:,.0f} us | {latency / best:.2f}x | {logic} | {accuracy} |")
+    lines += ["", f"![latency per image]({plot.name})", "",
+              "Per layer (first row): spikes per image, word updates per image and cycles per step:", ""]
+    lines.append("| layer | lanes | spikes / image | word updates / image | lane use | cycles per step (mean) |")
+    lines.append("|---|---:|---:|---:|---:|---|")
+    for layer in rows[0]["perf"]["layers"]:
+        spikes = "-" if layer["spikes_per_image"] is None else f"{layer['spikes_per_image']:,.0f}"
+        steps = " ".join(f"{d:.0f}" for d in layer["step_cycles"])
+        lines.append(f"| {layer['name']} | {layer['lanes']} | {spikes} | {layer['word_updates_per_image']:,.0f} | "
+                     f"{layer['lane_utilization'] * 100:.1f}% | {steps} |")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def write_plot(rows, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [f"spikeforge\n{r['board']}\n{Path(r['network']).stem}" for r in rows] + [a[0].split(" (")[0]
+                                                                                       for a in ANCHORS]
+    values = [r["perf"]["latency_us"]["mean"] for r in rows] + [a[2] for a in ANCHORS]
+    colors = ["tab:blue"] * len(rows) + ["tab:gray"] * len(ANCHORS)
+    fig, ax = plt.subplots(figsize=(10, 4.5))
+    ax.bar(range(len(values)), values, color=colors)
+    ax.set_xticks(range(len(values)), names, fontsize=7)
+    ax.set_ylabel("latency per MNIST image (us)")
+    ax.set_title("spikeforge (blue, cycle model at the clock the bitstream meets) vs published FPGA designs")
+    for i, v in enumerate(values):
+        ax.text(i, v, f"{v:.0f}", ha="center", va="bottom", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, help="first N test images only (default: all)")
+    parser.add_argument("--build-root", default="build/performance")
+    parser.add_argument("--out", default=str(ROOT / "docs" / "performance.md"))
+    args = parser.parse_args(argv)
+    rows = []
+    for entry in NETWORKS:
+        print(f"== {entry[0]} on {entry[3]}", flush=True)
+        rows.append(measure(*entry, args.images, Path(args.build_root)))
+    out = Path(args.out)
+    raw = Path(args.build_root) / "performance.json"
+    raw.parent.mkdir(parents=True, exist_ok=True)
+    raw.write_text(json.dumps(rows, indent=1, default=str))
+    note = f"the first {args.images:,} test images" if args.images else "every test image"
+    plot = out.with_suffix(".png")
+    write_plot(rows, plot)
+    write_markdown(rows, note, out, plot)
+    print(out.read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
