@@ -171,7 +171,7 @@ class Accelerator(wiring.Component):
 
     Throughput: the input unit replays ``nonzero + 1`` cycles per step; a layer spends one cycle per membrane
     word that an event lands on, for each of its projections (taps that miss cost nothing), one cycle per
-    source's end token, and about ``words + 4`` cycles per update pass plus one per extra spike in a word; the
+    source's end token, and about ``words + 5`` cycles per update pass plus one per extra spike in a word; the
     layers overlap (a layer accumulates step t+1 while its readers still process step t). docs/architecture.md
     gives the exact cycle model (``spikeforge perf``).
     """

@@ -4,7 +4,7 @@ configuration and the spikes (which the integer reference gives), without simula
 It replays, cycle by cycle, exactly the handshakes that hw/accelerator.py and hw/layers/ generate: the input
 unit's replay of the nonzero pixels, every fan-out FIFO (Amaranth's ``SyncFIFOBuffered``: a write is readable two
 cycles later; ``depth - 1`` entries plus the output register), every layer unit's walkers (one cycle per membrane
-word an event lands on, events back to back), its end tokens, its four-stage update pass and its spike emitter
+word an event lands on, events back to back), its end tokens, its five-stage update pass and its spike emitter
 (one spike per cycle). Only timing is modelled, no arithmetic: which neurons fire comes from the caller. Because
 it follows the same rules as the gateware, its count equals the RTL's (tests/hw/test_cycle_model.py checks that
 on every network the hardware tests simulate), and it runs where RTL simulation is too slow (spiking ResNets,
@@ -26,6 +26,7 @@ from .layers import FanoutWalker, channel_words, grid, is_diagonal, projection_g
 __all__ = ["CycleModel", "ImageCycles"]
 
 _TOKEN = -1  # the end-of-step token in a modelled stream; events are flat neuron indices
+_STAGES = 4  # registered stages of the update pass after the memory read (bias, clamp, fire, leak and write)
 
 
 @dataclass
@@ -165,7 +166,7 @@ class CycleModel:
         for p in range(1, len(pops)):
             walkers = [k for _, ks in self.groups[p] for k in ks]
             units[p] = {"state": "ACC", "group": 0, "turn": 0, "left": {k: 0 for k in walkers}, "step": 0,
-                        "u_run": False, "u_addr": 0, "s": [None, None, None], "pending": deque()}
+                        "u_run": False, "u_addr": 0, "s": [None] * _STAGES, "pending": deque()}
         cycle = 0
         while cycle < max_cycles:
             writes: dict[tuple[int, int], int] = {}
@@ -266,7 +267,7 @@ class CycleModel:
                     if u["turn"] == len(ks) - 1:
                         reads.add((source, p))
         elif u["state"] == "UPDATE":
-            s3 = u["s"][2]
+            s3 = u["s"][-1]
             lif = pop.kind == "lif"
             if s3 is None:
                 handing = 0
@@ -282,7 +283,7 @@ class CycleModel:
             plan["sent"] = sent
             plan["advance"] = s3 is None or handing == 0 or free
             plan["handing"] = handing
-            plan["drained"] = u["s"] == [None, None, None] and not pending
+            plan["drained"] = all(word is None for word in u["s"]) and not pending
             if not lif and sent and pending[0] == pop.size - 1:
                 plan["done"] = True
         elif u["state"] == "STEP_END":
@@ -316,17 +317,17 @@ class CycleModel:
             s = u["s"]
             if plan["sent"]:
                 u["pending"].popleft()
-            if s[2] is not None and plan["advance"] and plan["handing"]:
+            if s[-1] is not None and plan["advance"] and plan["handing"]:
                 if pop.kind == "lif":
-                    u["pending"] = deque(emissions[p][u["step"]][s[2]])
+                    u["pending"] = deque(emissions[p][u["step"]][s[-1]])
                 else:
                     P = self.lanes[p]
                     c, h, w = grid(pop)
-                    g, yx = divmod(s[2], h * w)
+                    g, yx = divmod(s[-1], h * w)
                     u["pending"] = deque((g * P + b) * h * w + yx for b in range(plan["handing"]))
             if plan["advance"]:
                 issue = u["u_addr"] if u["u_run"] and u["u_addr"] != self.words[p] else None
-                u["s"] = [issue, s[0], s[1]]
+                u["s"] = [issue] + s[:-1]
                 if u["u_run"]:
                     if u["u_addr"] != self.words[p]:
                         u["u_addr"] += 1
@@ -348,4 +349,4 @@ class CycleModel:
             u["state"] = "ACC"
         if state != "UPDATE":
             # the update pipeline's registers shift in every state (they hold nothing outside UPDATE)
-            u["s"] = [None, u["s"][0], u["s"][1]]
+            u["s"] = [None] + u["s"][:-1]

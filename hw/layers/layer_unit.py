@@ -48,11 +48,11 @@ class LayerUnit(wiring.Component):
         source, or the next event) is taken in the cycle of the last update of the previous one, so a stream runs
         without bubbles; each end token costs one cycle. After the last source's end token the update phase starts.
     spikes : Out(stream.Signature(event_layout(population)))
-        lif populations only. The update pass reads one word per cycle, in address order, through a four-stage
-        pipeline (read; add the bias; clamp; fire, reset, leak and write back) and hands the word's spikes, lowest
+        lif populations only. The update pass reads one word per cycle, in address order, through a five-stage
+        pipeline (read; add the bias; clamp; fire and reset; leak and write back) and hands the word's spikes, lowest
         lane first, to an emitter that sends one per cycle; the pipeline stalls while the emitter still holds
         spikes of an earlier word when a word with spikes reaches the last stage, or while ``spikes`` is not
-        ready. Then an end-of-step token. One pass costs ``words + 4`` cycles plus one per spike beyond the first
+        ready. Then an end-of-step token. One pass costs ``words + 5`` cycles plus one per spike beyond the first
         of each word (more when ``spikes`` stalls).
     results : Out(stream.Signature(signed(32)))
         Readout only. At the last step the update pass emits every neuron's V (sign-extended), one per cycle, in
@@ -139,9 +139,9 @@ class LayerUnit(wiring.Component):
         for w in walkers.values():
             read_addr = Mux(w.read.valid, w.read.addr, read_addr)
 
-        # --- the update pass: four stages, all advancing together ------------------------------------------
+        # --- the update pass: five stages, all advancing together ------------------------------------------
         # stage 0 presents word `u_addr`; stage 1 sees it and its params and adds the bias; stage 2 clamps;
-        # stage 3 fires, resets, leaks, writes back and hands the spikes (or results) to the emitter
+        # stage 3 fires and resets; stage 4 leaks, writes back and hands the spikes (or results) to the emitter
         vlo, vhi = signed_range(vbits)
         advance = Signal(name="u_advance")
         u_run = Signal(name="u_run")  # stage 0 is issuing words
@@ -149,11 +149,11 @@ class LayerUnit(wiring.Component):
         u_g = Signal(range(CW), name="u_g")
         u_yx = Signal(range(HW), name="u_yx")
         u_index = Signal(range(C * HW + 1), name="u_index")  # flat index of lane 0: g * P * H * W + yx
-        s_valid = [Signal(name=f"u{i}_valid") for i in (1, 2, 3)]
-        s_addr = [Signal(range(WORDS), name=f"u{i}_addr") for i in (1, 2, 3)]
-        s_g = [Signal(range(CW), name=f"u{i}_g") for i in (1, 2, 3)]
-        s_yx = [Signal(range(HW), name=f"u{i}_yx") for i in (1, 2, 3)]
-        s_index = [Signal.like(u_index, name=f"u{i}_index") for i in (1, 2, 3)]
+        s_valid = [Signal(name=f"u{i}_valid") for i in (1, 2, 3, 4)]
+        s_addr = [Signal(range(WORDS), name=f"u{i}_addr") for i in (1, 2, 3, 4)]
+        s_g = [Signal(range(CW), name=f"u{i}_g") for i in (1, 2, 3, 4)]
+        s_yx = [Signal(range(HW), name=f"u{i}_yx") for i in (1, 2, 3, 4)]
+        s_index = [Signal.like(u_index, name=f"u{i}_index") for i in (1, 2, 3, 4)]
         v_sum = Signal(data.ArrayLayout(signed(A + 1), P), name="u2_sum")
         v = Signal(data.ArrayLayout(signed(vbits), P), name="u3_v")
         thr2 = Signal(data.ArrayLayout(signed(vbits), P), name="u2_threshold")
@@ -164,7 +164,7 @@ class LayerUnit(wiring.Component):
         with m.If(advance):
             m.d.sync += [s_valid[0].eq(u_run & (u_addr != WORDS)), s_addr[0].eq(u_addr), s_g[0].eq(u_g),
                          s_yx[0].eq(u_yx), s_index[0].eq(u_index)]
-            for i in (1, 2):
+            for i in (1, 2, 3):
                 m.d.sync += [s_valid[i].eq(s_valid[i - 1]), s_addr[i].eq(s_addr[i - 1]), s_g[i].eq(s_g[i - 1]),
                              s_yx[i].eq(s_yx[i - 1]), s_index[i].eq(s_index[i - 1])]
             m.d.sync += [thr2.eq(p_rd.data.threshold), live2.eq(p_rd.data.live), thr3.eq(thr2), live3.eq(live2)]
@@ -174,19 +174,27 @@ class LayerUnit(wiring.Component):
                     v[b].eq(Mux(v_sum[b] > vhi, vhi, Mux(v_sum[b] < vlo, vlo, v_sum[b]))),
                 ]
 
-        fire = Signal(P, name="u3_fire")
-        v_leaked = Signal(data.ArrayLayout(signed(vbits), P), name="u3_leaked")
+        # stage 3 fires and resets; stage 4 leaks, writes back and hands over
+        fire3 = Signal(P, name="u3_fire")
+        fire = Signal(P, name="u4_fire")
+        live4 = Signal(P, name="u4_live")
+        v_after = Signal(data.ArrayLayout(signed(vbits), P), name="u4_after")
+        v_leaked = Signal(data.ArrayLayout(signed(vbits), P), name="u4_leaked")
+        with m.If(advance):
+            m.d.sync += [fire.eq(fire3), live4.eq(live3)]
         for b in range(P):
-            v_after = Signal(signed(vbits), name=f"u3_after{b}")
+            after3 = Signal(signed(vbits), name=f"u3_after{b}")
             if lif:
-                m.d.comb += [fire[b].eq(live3[b] & (thr3[b] <= v[b])),
-                             v_after.eq(Mux(fire[b], v[b] - thr3[b], v[b]))]
+                m.d.comb += [fire3[b].eq(live3[b] & (thr3[b] <= v[b])),
+                             after3.eq(Mux(fire3[b], v[b] - thr3[b], v[b]))]
             else:
-                m.d.comb += v_after.eq(v[b])
+                m.d.comb += after3.eq(v[b])
+            with m.If(advance):
+                m.d.sync += v_after[b].eq(after3)
             if pop.leak_shift is None:
-                m.d.comb += v_leaked[b].eq(v_after)
+                m.d.comb += v_leaked[b].eq(v_after[b])
             else:
-                m.d.comb += v_leaked[b].eq(v_after - (v_after >> pop.leak_shift))
+                m.d.comb += v_leaked[b].eq(v_after[b] - (v_after[b] >> pop.leak_shift))
 
         # the emitter: one word's spikes (or results), sent one per cycle, lowest lane first
         pending = Signal(P, name="emit_pending")
@@ -205,17 +213,17 @@ class LayerUnit(wiring.Component):
         m.d.comb += single.eq((pending & (pending - 1)) == 0)
         emitter_free = Signal(name="emit_free")
         m.d.comb += emitter_free.eq((pending == 0) | (sent & single))
-        handing = Signal(P, name="u3_handing")  # what stage 3 hands to the emitter
+        handing = Signal(P, name="u4_handing")  # what stage 4 hands to the emitter
         if lif:
             m.d.comb += handing.eq(fire)
         else:
-            m.d.comb += handing.eq(Mux(last_step, live3, 0))
-        m.d.comb += advance.eq(~s_valid[2] | (handing == 0) | emitter_free)
+            m.d.comb += handing.eq(Mux(last_step, live4, 0))
+        m.d.comb += advance.eq(~s_valid[3] | (handing == 0) | emitter_free)
         with m.If(sent):
             m.d.sync += pending.eq(pending & (pending - 1))  # clear the lowest set bit
-        with m.If(s_valid[2] & advance & (handing != 0)):
-            m.d.sync += [pending.eq(handing), e_g.eq(s_g[2]), e_yx.eq(s_yx[2]), e_index.eq(s_index[2]),
-                         e_values.eq(v)]
+        with m.If(s_valid[3] & advance & (handing != 0)):
+            m.d.sync += [pending.eq(handing), e_g.eq(s_g[3]), e_yx.eq(s_yx[3]), e_index.eq(s_index[3]),
+                         e_values.eq(v_after)]
         lane_index = Signal.like(u_index, name="emit_lane_index")
         if P == 1:
             m.d.comb += lane_index.eq(e_index)
@@ -241,7 +249,7 @@ class LayerUnit(wiring.Component):
                          self.done.eq(sent & (lane_index == C * HW - 1))]
 
         drained = Signal(name="u_drained")
-        m.d.comb += drained.eq(~s_valid[0] & ~s_valid[1] & ~s_valid[2] & (pending == 0))
+        m.d.comb += drained.eq(~s_valid[0] & ~s_valid[1] & ~s_valid[2] & ~s_valid[3] & (pending == 0))
 
         with m.FSM(name="phase"):
             with m.State("ACCUMULATE"):
@@ -275,8 +283,8 @@ class LayerUnit(wiring.Component):
                 m.d.comb += [
                     mem_rd.addr.eq(u_addr), p_rd.addr.eq(u_g),
                     mem_rd.en.eq(advance), p_rd.en.eq(advance),
-                    mem_wr.addr.eq(s_addr[2]),
-                    mem_wr.en.eq(s_valid[2] & advance),
+                    mem_wr.addr.eq(s_addr[3]),
+                    mem_wr.en.eq(s_valid[3] & advance),
                 ]
                 for b in range(P):
                     m.d.comb += mem_wr.data[b].eq(Mux(last_step, 0, v_leaked[b]))
@@ -305,7 +313,7 @@ class LayerUnit(wiring.Component):
                 m.next = "ACCUMULATE"
 
         # stage B of the accumulate: at most one walker adds per cycle (its write may land in the first cycle of
-        # UPDATE, whose own first write comes three cycles later)
+        # UPDATE, whose own first write comes four cycles later)
         for n, w in enumerate(walkers.values()):
             with (m.If if n == 0 else m.Elif)(w.add.valid):
                 m.d.comb += [mem_wr.addr.eq(w.add.addr), mem_wr.en.eq(1)]
