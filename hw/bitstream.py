@@ -58,14 +58,14 @@ BOARDS = {
                                            ("ICESTORM_DSP", "DSP (16x16 MAC)"),
                                            ("ICESTORM_PLL", "PLL")),
                          ram_bits=30 * 4096, ram_name="30 EBR blocks of 4 kbit; the design does not use the SPRAM",
-                         default_clock_mhz=16.5, synth_opts="-dsp"),
+                         default_clock_mhz=24.0, synth_opts="-dsp"),
     "ulx3s-85f": _Board("ecp5", ".bit", (("TRELLIS_COMB", "LUTs (LUT4)"),
                                          ("TRELLIS_FF", "flip-flops"),
                                          ("TRELLIS_RAMW", "distributed RAM"),
                                          ("DP16KD", "block RAM (DP16KD, 18 kbit)"),
                                          ("MULT18X18D", "multipliers (18x18)"),
                                          ("EHXPLLL", "PLL")),
-                        ram_bits=208 * 18 * 1024, ram_name="208 DP16KD blocks of 18 kbit", default_clock_mhz=40.0),
+                        ram_bits=208 * 18 * 1024, ram_name="208 DP16KD blocks of 18 kbit", default_clock_mhz=50.0),
 }
 
 

@@ -21,7 +21,7 @@ EMBEDDED_DATASETS = ("mnist", "fashion-mnist")  # installed with spikeforge: no 
 BACKENDS = ("torch", "int", "rtl", "fpga")
 BOARDS = ("icebreaker", "ulx3s-85f")
 # spikeforge.hw.bitstream.BOARDS[b].default_clock_mhz (a test keeps the two equal; importing it here would slow --help)
-DEFAULT_CLOCK_MHZ = {"icebreaker": 16.5, "ulx3s-85f": 40.0}
+DEFAULT_CLOCK_MHZ = {"icebreaker": 24.0, "ulx3s-85f": 50.0}
 
 
 class CliError(Exception):
@@ -224,6 +224,8 @@ def _run_fpga(args, net, images, labels, ref) -> int:
     return 0
 
 
+DEMO_PERF_IMAGES = 500  # test images `spikeforge demo` runs through the cycle model
+
 LANES_HELP = ("output-channel lanes per layer: 'auto' (the board's lane plan), one number for every layer, or "
               "name=N,name=N for some layers (default: auto)")
 
@@ -283,29 +285,38 @@ def cmd_demo(args) -> int:
         raise CliError(f"--rtl-images {args.rtl_images}: give a positive number of test images to simulate")
     out = Path(args.out)
     started = time.perf_counter()
-    print(f"== 1/4 train ({args.dataset}, demo schedule) -> {out}")
+    print(f"== 1/5 train ({args.dataset}, demo schedule) -> {out}")
     config = preset("demo", dataset=args.dataset, out=str(out), data_dir=args.data_dir)
     summary = train(config)
     network_path = out / "network.sfnet"  # the trainer exports its network there
     net = netimage.load(network_path)
     print(netimage.summary(net))
 
-    print(f"== 2/4 deployed integer network on the {args.dataset} test set")
+    print(f"== 2/5 deployed integer network on the {args.dataset} test set")
     run = argparse.Namespace(model=str(network_path), backend="int", dataset=args.dataset, images=None,
                              data_dir=args.data_dir, time_steps=None)
     cmd_run(run)
 
-    print(f"== 3/4 RTL simulation (Icarus) on {args.rtl_images} test images, compared with the reference")
+    print(f"== 3/5 RTL simulation (Icarus) on {args.rtl_images} test images, compared with the reference")
     run = argparse.Namespace(model=str(network_path), backend="rtl", dataset=args.dataset, images=args.rtl_images,
-                             data_dir=args.data_dir, time_steps=None, build_dir=str(out / "rtl"), waves=False)
+                             data_dir=args.data_dir, time_steps=None, build_dir=str(out / "rtl"), waves=False,
+                             board=args.board, lanes="auto")
     status = cmd_run(run)
     if status:
         return status
 
-    print(f"== 4/4 bitstream ({args.board})")
-    bit = argparse.Namespace(network=str(network_path), board=args.board, out=str(out / "bitstream"),
-                             time_steps=None)
-    cmd_bitstream(bit)
+    print(f"== 4/5 bitstream ({args.board})")
+    from spikeforge.hw.bitstream import build
+
+    report = build(net, board=args.board, out_dir=out / "bitstream", lanes=_lanes(args, net, args.board))
+    print(report.format())
+
+    print(f"== 5/5 latency per image at the bitstream's {report.target_mhz:g} MHz (cycle model, {DEMO_PERF_IMAGES} "
+          f"test images)")
+    perf = argparse.Namespace(model=str(network_path), dataset=args.dataset, images=DEMO_PERF_IMAGES,
+                              data_dir=args.data_dir, time_steps=None, board=args.board, lanes="auto",
+                              clock=report.target_mhz, jobs=None, json=str(out / "perf.json"))
+    cmd_perf(perf)
     print("\nfloat / QAT / deployed accuracy: " + " / ".join(
         f"{summary.get(k, float('nan')) * 100:.2f}%" for k in ("float_accuracy", "qat_accuracy", "deployed_accuracy")))
     print(f"demo finished in {time.perf_counter() - started:.0f} s")
