@@ -161,7 +161,8 @@ def cmd_run(args) -> int:
     predicted = [c.cycles for c in CycleModel(net, T, lanes=lanes).run(images, ref)]
     worst = max(abs(p - c) / c for p, c in zip(predicted, cycles))
     print(f"cycle model (spikeforge perf): mean {sum(predicted) / len(predicted):.0f}, largest difference from the "
-          f"RTL {worst * 100:.2f}% ({sum(p == c for p, c in zip(predicted, cycles))} of {len(cycles)} images exact)")
+          f"RTL {worst * 100:.2f}% ({sum(p == c for p, c in zip(predicted, cycles))} of {len(cycles)} images exact; "
+          f"the testbench stalls the results stream at random, the model assumes it always ready)")
     _print_counts(net, rtl.spike_counts(), len(labels), T)
     mismatch = first_mismatch(ref, rtl)
     if mismatch:
