@@ -109,9 +109,12 @@ def cmd_inspect(args) -> int:
     print(netimage.summary(net))
     from spikeforge.hw.accelerator import estimate_memory
 
-    memories = estimate_memory(net)
+    lanes = _lanes(args, net, args.board)
+    memories = estimate_memory(net, lanes=lanes)
     total = sum(m["bits"] for m in memories)
-    print(f"\non-chip memories ({total} bits = {total / 1024:.1f} kbit):")
+    print(f"\non-chip memories with the {args.board} lane plan ("
+          + ", ".join(f"{net.populations[p].name} {n}" for p, n in lanes.items())
+          + f" lanes): {total} bits = {total / 1024:.1f} kbit")
     for m in memories:
         print(f"  {m['name']:<28} {m['depth']:>7} x {m['width']:>2} = {m['bits']:>8} bits")
     return 0
@@ -352,6 +355,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("inspect", help="print a network file's populations, widths and memory estimate")
     p.add_argument("network", help="network file (.sfnet)")
+    p.add_argument("--board", choices=BOARDS, default="icebreaker",
+                   help="the board whose lane plan shapes the memories (default: icebreaker)")
+    p.add_argument("--lanes", default="auto", help=LANES_HELP)
     p.set_defaults(func=cmd_inspect)
 
     p = sub.add_parser("run", help="run test images through the trained model (torch), the integer reference "
