@@ -84,10 +84,10 @@ class Activity:
             if name == self.layers[0][0]:  # a new forward
                 self._batch = real.shape[1]
                 self.images += self._batch
-            self.counts[name] += float(real.detach().sum())
+            self.counts[name] += float(real.detach().sum(dtype=torch.float64))  # exact, whatever the spikes' dtype
             if not self.penalties:
                 return
-            self._spikes = self._spikes + real.sum()
+            self._spikes = self._spikes + real.sum(dtype=torch.float32)
             self._neurons += real[0, 0].numel()
             if self.blank:
                 current = inputs[0][:, -1].float()
@@ -101,14 +101,18 @@ class Activity:
         rate = self._spikes / (time_steps * self._batch * self._neurons) if self._neurons else torch.zeros(())
         hinge = self._hinge if torch.is_tensor(self._hinge) else torch.zeros(())
         total = activity_weight * rate + blank_weight * hinge
-        out = (total, float(rate), float(hinge))
+        out = (total, float(rate.detach()), float(hinge.detach()))
         self._clear()
         return out
 
-    def per_image(self, images: int | None = None) -> dict[str, float]:
-        """Spikes per image of each layer over the forwards so far (all T steps)."""
+    def per_image(self, images: int | None = None, dist=None) -> dict[str, float]:
+        """Spikes per image of each layer over the forwards so far (all T steps; ``images``: the default is the
+        images seen); with ``dist`` (the trainer's Dist) the counts of all its ranks are summed."""
+        counts = self.counts
+        if dist is not None and dist.world > 1:
+            counts = dict(zip(counts, dist.all_sum(list(counts.values()))))
         n = self.images if images is None else images
-        return {name: count / max(1, n) for name, count in self.counts.items()}
+        return {name: count / max(1, n) for name, count in counts.items()}
 
 
 def rates(spikes_per_image: dict[str, float]) -> str:
