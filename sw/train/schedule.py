@@ -4,8 +4,10 @@
 ``train(TrainConfig(...))`` is the whole pipeline for the demo chain (sw/model.py) and the spiking ResNets
 (sw/resnet.py, or their ANN twins), on MNIST-style or colour datasets (sw/data.py), on one CPU/GPU or many through
 torchrun (DDP). Every epoch (and every ``checkpoint_every`` steps) leaves a resumable state in the out dir; the end
-writes checkpoint.pt (config + QAT weights), network.sfnet and summary.json (float / QAT / deployed accuracy side by
-side, wall times). :class:`TrainingRun` holds one run's state; each of its methods is one phase of it.
+writes checkpoint.pt (config + QAT weights), network.sfnet and summary.json (float / QAT / deployed accuracy and
+spikes per image per layer side by side, the deployed network's spikes on a blank image, wall times); the optional
+spike penalties are sw/train/activity.py's. :class:`TrainingRun` holds one run's state; each of its methods is one
+phase of it.
 """
 
 from __future__ import annotations
@@ -351,7 +353,7 @@ class TrainingRun:
                                 dist=dist if dist.world > 1 else None)
         entry = {"epoch": epoch + 1, "phase": phase, "loss": total_loss / max(1, seen),
                  "train_acc": correct / max(1, seen), "test_acc": test_acc, "seconds": seconds,
-                 "spikes_per_image": self.spikes_per_image(counter)}
+                 "spikes_per_image": counter.per_image(len(self.x_test), dist)}
         if monitor is not None:  # means over this rank's steps of the batch's pooled rate and blank hinge
             done = max(1, len(batches) - first_step)
             entry.update(train_rate=rate_sum / done, blank_hinge=hinge_sum / done)
@@ -365,13 +367,6 @@ class TrainingRun:
             self.float_acc = test_acc
             self.float_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         self.save_state(epoch + 1, 0, {})
-
-    def spikes_per_image(self, counter: activity.Activity) -> dict[str, float]:
-        """A counter's spikes per test image per layer, summed over the ranks' shares of the test set."""
-        counts = counter.counts
-        if self.dist.world > 1:
-            counts = dict(zip(counts, self.dist.all_sum(list(counts.values()))))
-        return {name: count / max(1, len(self.x_test)) for name, count in counts.items()}
 
     # --- the end ----------------------------------------------------------------------------------------------
 
@@ -407,7 +402,7 @@ class TrainingRun:
             "world_size": dist.world, "float_accuracy": self.float_acc, "qat_accuracy": qat_acc,
             "float_spikes_per_image": next((h.get("spikes_per_image") for h in reversed(self.history)
                                             if h["phase"] == "float"), None),
-            "qat_spikes_per_image": self.spikes_per_image(counter),
+            "qat_spikes_per_image": counter.per_image(len(self.x_test), dist),
             "qat_unrounded_accuracy": qat_unrounded_acc, "deploy_aware_qat": self.deploy_aware,
             "deployed_accuracy": None, "rounding_cost": None, "memory_format": self.layouts,
             "event_convs": self.event_phases, "malloc_cache": self.malloc_cached,
