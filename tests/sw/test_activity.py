@@ -145,3 +145,17 @@ def test_bad_penalties_are_one_sentence(tmp_path, capsys):
     # old out dirs (written before these fields) stay resumable: at 0 they are not part of the config key
     assert "activity_penalty" not in config_key(TrainConfig())
     assert config_key(TrainConfig(silent_blank=1.0))["silent_blank"] == 1.0
+
+
+def test_a_resnet_trains_with_both_penalties_and_reports_its_populations(tmp_path):
+    from fake_datasets import write_cifar10
+
+    write_cifar10(tmp_path / "c10", per_batch=8, n_test=8)
+    s = train(TrainConfig(dataset="cifar10", data_dir=str(tmp_path / "c10"), out=str(tmp_path / "r8"), arch="resnet8",
+                          width=0.25, time_steps=2, epochs_float=1, epochs_qat=1, batch_size=16,
+                          bn_calibration_batches=1, threads=1, progress=False, activity_penalty=1.0,
+                          silent_blank=1.0))
+    names = [p.name for p in netimage.load(tmp_path / "r8" / "network.sfnet").populations if p.kind == "lif"]
+    assert list(s["deployed_spikes_per_image"]) == names == list(s["blank_spikes"])
+    assert list(s["qat_spikes_per_image"]) == names and names[:2] == ["stem", "layer1.0.conv1"]
+    assert all(h["train_rate"] > 0 and h["blank_hinge"] >= 0 for h in s["history"])
