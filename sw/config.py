@@ -90,6 +90,9 @@ class TrainConfig:
     malloc_cache: str = "auto"            # keep freed tensors in glibc's heap: auto (on the CPU) | true | false
     event_convs: str = "auto"             # event-driven hidden convs (sw/event_conv.py): auto | true | false
     huge_pages: str = "auto"              # torch's CPU tensors on transparent huge pages: auto (on) | true | false
+    # --- spike activity (sw/train/activity.py): 0 = off, the behaviour of every run before them
+    activity_penalty: float = 0.0         # W x the mean firing rate of all spiking neurons, added to the loss
+    silent_blank: float = 0.0             # weight of the blank-image hinge (an all-zero image in every batch)
 
     @classmethod
     def preset(cls, name: str, **overrides) -> "TrainConfig":
@@ -136,6 +139,14 @@ class TrainConfig:
             except ValueError as exc:
                 raise ConfigError(f"arch {self.arch!r} is neither a ResNet ({', '.join(RESNET_ARCHS)}) nor a chain "
                                   f"({', '.join(ARCHITECTURES)} or a string like c8s2w8-c16s2w4-d10w4): {exc}") from None
+        for name in ("activity_penalty", "silent_blank"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
+                raise ConfigError(f"{name} must be a finite number >= 0 (0: off), not {value!r}")
+        if (self.activity_penalty or self.silent_blank) and (self.ann or self.compile):
+            raise ConfigError("activity_penalty and silent_blank read the spikes through hooks on the neurons, which "
+                              + ("the ANN twin (ann) has none of" if self.ann else "torch.compile of the whole model "
+                                 "(compile) does not run; use compile false"))
         if self.checkpoint_every < 0:
             raise ConfigError(f"checkpoint_every must be >= 0 steps, not {self.checkpoint_every}")
         return self
@@ -147,7 +158,8 @@ RUN_ONLY = {"out", "progress", "threads", "eval_batch", "test_subset", "calibrat
              "event_convs", "huge_pages"}
 # Fields added after out dirs already existed: left out of the config key while at their default, so those resume.
 ADDED_FIELDS = ("width", "stem", "bn", "wbits", "ann", "image_size", "crop_padding", "label_smoothing",
-                "momentum", "nesterov", "amp", "deterministic", "grad_checkpoint", "temporal_window", "augment_flip")
+                "momentum", "nesterov", "amp", "deterministic", "grad_checkpoint", "temporal_window", "augment_flip",
+                "activity_penalty", "silent_blank")
 
 PAPER_SETTING = dict(dataset="cifar100", arch="resnet50", time_steps=10, epochs_float=200, epochs_qat=20,
                      batch_size=128, optimizer="sgd", lr=0.1, lr_qat=0.01, weight_decay=5e-4, schedule="cosine",

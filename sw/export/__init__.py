@@ -24,7 +24,8 @@ from .chain import export_chain
 from .resnet import export_resnet
 from .widths import VBITS_MAX, ExportError, membrane_statistics
 
-__all__ = ["ExportError", "export_network", "export_chain", "export_resnet", "deployed_accuracy",
+__all__ = ["ExportError", "export_network", "export_chain", "export_resnet", "deployed_accuracy", "deployed_activity",
+           "blank_spikes",
            "membrane_statistics", "VBITS_MAX", "build_parser", "main"]
 
 
@@ -57,6 +58,36 @@ def deployed_accuracy(net: Network, images, labels, T: int | None = None, batch:
         result = reference.run(net, images[start:start + batch], time_steps=T, record=False)
         correct += int((result.prediction == labels[start:start + batch]).sum())
     return correct / max(1, len(images))
+
+
+@torch.no_grad()
+def deployed_activity(net: Network, images, labels, T: int | None = None, batch: int = 1000,
+                      raster_bytes: int = 1 << 28) -> dict:
+    """The integer network's accuracy (as :func:`deployed_accuracy`) and spikes per image of each firing
+    population (``{name: mean over the images of its spikes in all T steps}``), from the reference's spike
+    rasters; the batch shrinks so that one batch's rasters stay under ``raster_bytes``."""
+    images, labels = np.asarray(images), np.asarray(labels)
+    steps = net.time_steps if T is None else T
+    neurons = sum(p.size for p in net.populations if p.kind == "lif")
+    batch = max(1, min(batch, raster_bytes // max(1, steps * neurons)))
+    names = [p.name for p in net.populations]
+    counts = {p.name: 0 for p in net.populations if p.kind == "lif"}
+    correct = 0
+    for start in range(0, len(images), batch):
+        result = reference.run(net, images[start:start + batch], time_steps=T)
+        correct += int((result.prediction == labels[start:start + batch]).sum())
+        for name, count in zip(names, result.spike_counts()):
+            if count is not None:
+                counts[name] += count
+    n = max(1, len(images))
+    return {"accuracy": correct / n, "spikes_per_image": {name: c / n for name, c in counts.items()}}
+
+
+@torch.no_grad()
+def blank_spikes(net: Network, T: int | None = None) -> dict[str, int]:
+    """Spikes of each firing population of the integer network on one all-zero image (all T steps)."""
+    result = reference.run(net, np.zeros((1, *net.input.shape), dtype=np.uint8), time_steps=T)
+    return {name: count for name, count in zip(result.population_names, result.spike_counts()) if count is not None}
 
 
 def build_parser() -> argparse.ArgumentParser:

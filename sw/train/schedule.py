@@ -4,8 +4,10 @@
 ``train(TrainConfig(...))`` is the whole pipeline for the demo chain (sw/model.py) and the spiking ResNets
 (sw/resnet.py, or their ANN twins), on MNIST-style or colour datasets (sw/data.py), on one CPU/GPU or many through
 torchrun (DDP). Every epoch (and every ``checkpoint_every`` steps) leaves a resumable state in the out dir; the end
-writes checkpoint.pt (config + QAT weights), network.sfnet and summary.json (float / QAT / deployed accuracy side by
-side, wall times). :class:`TrainingRun` holds one run's state; each of its methods is one phase of it.
+writes checkpoint.pt (config + QAT weights), network.sfnet and summary.json (float / QAT / deployed accuracy and
+spikes per image per layer side by side, the deployed network's spikes on a blank image, wall times); the optional
+spike penalties are sw/train/activity.py's. :class:`TrainingRun` holds one run's state; each of its methods is one
+phase of it.
 """
 
 from __future__ import annotations
@@ -30,11 +32,11 @@ from spikeforge.allocator import HUGE_PAGES_VARIABLE, malloc_cache, use_huge_pag
 
 from ..config import AUTO_WIDTHS, ConfigError, TrainConfig, config_key
 from ..data import NUM_CLASSES, load_dataset
-from ..export import deployed_accuracy, export_chain, export_resnet, membrane_statistics
+from ..export import blank_spikes, deployed_activity, export_chain, export_resnet, membrane_statistics
 from ..gradflow import auto_width
 from ..model import PIXEL_MAX
 from ..models import build_model, evaluate
-from . import runtime, steps
+from . import activity, runtime, steps
 
 __all__ = ["train", "TrainingRun", "after_step"]
 
@@ -298,46 +300,69 @@ class TrainingRun:
                    disable=not (config.progress and dist.main),
                    desc=f"{phase} epoch {epoch + 1}/{self.total_epochs}", leave=False, file=sys.stderr,
                    mininterval=2)
-        for step in bar:
-            idx = batches[step].numpy()
-            # the whole global batch is augmented on every rank (same draws), then each rank takes its share:
-            # the result does not depend on the number of ranks
-            x = steps.train_batch(config, self.x_train[idx], gen)[dist.rank::dist.world].to(device,
-                                                                                               non_blocking=True)
-            y = torch.as_tensor(self.y_train[idx])[dist.rank::dist.world].to(device, non_blocking=True)
-            if config.compile == "graphs":  # a new step: the graphs may reuse the last step's output memory
-                torch.compiler.cudagraph_mark_step_begin()
-            with self.autocast():
-                logits = train_model(x)
-                # sum / global batch * ranks: DDP's gradient average then is the global batch's mean
-                loss_sum = F.cross_entropy(logits.float(), y, label_smoothing=config.label_smoothing,
-                                           reduction="sum")
-            loss = loss_sum * (dist.world / len(idx))
-            self.opt.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.opt)
-            self.scaler.update()
-            self.sched.step()
-            total_loss += float(loss_sum.detach())
-            seen += len(y)
-            correct += int((logits.argmax(1) == y).sum())
-            bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.4f}", refresh=False)
-            if after_step is not None:
-                after_step(model, epoch, step + 1)
-            if config.checkpoint_every and (step + 1) % config.checkpoint_every == 0 and step + 1 < len(batches):
-                self.save_state(epoch, step + 1, {"generator": gen.get_state(), "partial": (total_loss, seen, correct),
-                                                  "epoch_seconds": elapsed + time.time() - t0})
+        # the penalties' hooks (sw/train/activity.py) only while a penalty is on: without them nothing changes
+        monitor = activity.Activity(model, penalties=True, blank=config.silent_blank > 0) \
+            if config.activity_penalty or config.silent_blank else None
+        rate_sum = hinge_sum = 0.0
+        with monitor or contextlib.nullcontext():
+            for step in bar:
+                idx = batches[step].numpy()
+                # the whole global batch is augmented on every rank (same draws), then each rank takes its share:
+                # the result does not depend on the number of ranks
+                x = steps.train_batch(config, self.x_train[idx], gen)[dist.rank::dist.world].to(device,
+                                                                                                   non_blocking=True)
+                if monitor is not None and monitor.blank:  # the blank image goes last
+                    x = torch.cat([x, torch.zeros_like(x[:1])])
+                y = torch.as_tensor(self.y_train[idx])[dist.rank::dist.world].to(device, non_blocking=True)
+                if config.compile == "graphs":  # a new step: the graphs may reuse the last step's output memory
+                    torch.compiler.cudagraph_mark_step_begin()
+                with self.autocast():
+                    logits = train_model(x)
+                    if monitor is not None and monitor.blank:
+                        logits = logits[:-1]
+                    # sum / global batch * ranks: DDP's gradient average then is the global batch's mean
+                    loss_sum = F.cross_entropy(logits.float(), y, label_smoothing=config.label_smoothing,
+                                               reduction="sum")
+                loss = loss_sum * (dist.world / len(idx))
+                if monitor is not None:
+                    penalty, rate, hinge = monitor.loss(config.activity_penalty, config.silent_blank,
+                                                        config.time_steps)
+                    loss, rate_sum, hinge_sum = loss + penalty, rate_sum + rate, hinge_sum + hinge
+                self.opt.zero_grad(set_to_none=True)
+                self.scaler.scale(loss).backward()
+                self.scaler.step(self.opt)
+                self.scaler.update()
+                self.sched.step()
+                total_loss += float(loss_sum.detach())
+                seen += len(y)
+                correct += int((logits.argmax(1) == y).sum())
+                bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.4f}", refresh=False)
+                if after_step is not None:
+                    after_step(model, epoch, step + 1)
+                if config.checkpoint_every and (step + 1) % config.checkpoint_every == 0 and step + 1 < len(batches):
+                    self.save_state(epoch, step + 1, {"generator": gen.get_state(),
+                                                      "partial": (total_loss, seen, correct),
+                                                      "epoch_seconds": elapsed + time.time() - t0})
         dist.broadcast_buffers(model)
         total_loss, seen, correct = dist.all_sum([total_loss, float(seen), float(correct)])
         seen, correct = int(seen), int(correct)
         self.timings[f"{phase}_s"] += time.time() - t0
         seconds = elapsed + time.time() - t0
-        test_acc = evaluate(model, self.x_test, self.y_test, config.eval_batch, device=device,
-                            dist=dist if dist.world > 1 else None)
-        self.history.append({"epoch": epoch + 1, "phase": phase, "loss": total_loss / max(1, seen),
-                             "train_acc": correct / max(1, seen), "test_acc": test_acc, "seconds": seconds})
+        with activity.Activity(model) as counter:
+            test_acc = evaluate(model, self.x_test, self.y_test, config.eval_batch, device=device,
+                                dist=dist if dist.world > 1 else None)
+        entry = {"epoch": epoch + 1, "phase": phase, "loss": total_loss / max(1, seen),
+                 "train_acc": correct / max(1, seen), "test_acc": test_acc, "seconds": seconds,
+                 "spikes_per_image": counter.per_image(len(self.x_test), dist)}
+        if monitor is not None:  # means over this rank's steps of the batch's pooled rate and blank hinge
+            done = max(1, len(batches) - first_step)
+            entry.update(train_rate=rate_sum / done, blank_hinge=hinge_sum / done)
+        self.history.append(entry)
         self.log(f"{phase} epoch {epoch + 1}/{self.total_epochs}: loss {total_loss / max(1, seen):.4f} train acc "
-                 f"{correct / max(1, seen):.4f} test acc {test_acc:.4f} ({seconds:.0f} s)")
+                 f"{correct / max(1, seen):.4f} test acc {test_acc:.4f} ({seconds:.0f} s); spikes per test image: "
+                 f"{activity.rates(entry['spikes_per_image'])}"
+                 + (f"; train rate {entry['train_rate']:.4f}, blank hinge {entry['blank_hinge']:.4f}"
+                    if monitor is not None else ""))
         if phase == "float" and epoch + 1 == config.epochs_float:
             self.float_acc = test_acc
             self.float_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
@@ -359,7 +384,8 @@ class TrainingRun:
         model = self.model
         model.eval()
         eval_dist = dist if dist.world > 1 else None
-        qat_acc = evaluate(model, self.x_test, self.y_test, config.eval_batch, device=device, dist=eval_dist)
+        with activity.Activity(model) as counter:
+            qat_acc = evaluate(model, self.x_test, self.y_test, config.eval_batch, device=device, dist=eval_dist)
         # the same weights with plain float BN (no rounded thresholds/biases): what deploy-aware training absorbed
         qat_unrounded_acc = None
         if self.deploy_aware:
@@ -374,6 +400,9 @@ class TrainingRun:
             "surrogate_width": None if config.ann else self.surrogate_width,
             "train_images": int(len(self.x_train)), "test_images": int(len(self.x_test)),
             "world_size": dist.world, "float_accuracy": self.float_acc, "qat_accuracy": qat_acc,
+            "float_spikes_per_image": next((h.get("spikes_per_image") for h in reversed(self.history)
+                                            if h["phase"] == "float"), None),
+            "qat_spikes_per_image": counter.per_image(len(self.x_test), dist),
             "qat_unrounded_accuracy": qat_unrounded_acc, "deploy_aware_qat": self.deploy_aware,
             "deployed_accuracy": None, "rounding_cost": None, "memory_format": self.layouts,
             "event_convs": self.event_phases, "malloc_cache": self.malloc_cached,
@@ -411,8 +440,10 @@ class TrainingRun:
             netimage.save(net, out / "network.sfnet")
             export_s = time.time() - t0
             t0 = time.time()
-            summary["deployed_accuracy"] = deployed_accuracy(net, deploy_x, deploy_y, config.time_steps,
-                                                             config.eval_batch)
+            deployed = deployed_activity(net, deploy_x, deploy_y, config.time_steps, config.eval_batch)
+            summary["deployed_accuracy"] = deployed["accuracy"]
+            summary["deployed_spikes_per_image"] = deployed["spikes_per_image"]
+            summary["blank_spikes"] = blank_spikes(net, config.time_steps)
             summary["deployed_images"] = int(len(deploy_x))
             deployed_s = time.time() - t0
             qat_acc = summary["qat_accuracy"]
@@ -437,6 +468,9 @@ class TrainingRun:
         self.log(f"test accuracy ({len(self.x_test)} images): float {_fmt(self.float_acc)}  "
                  f"QAT {_fmt(summary['qat_accuracy'])}  deployed integer {_fmt(summary['deployed_accuracy'])}"
                  + (f" ({note})" if note else ""))
+        if net is not None:
+            self.log(f"deployed spikes per test image: {activity.rates(summary['deployed_spikes_per_image'])}; "
+                     f"on a blank image: {activity.rates(summary['blank_spikes'])}")
         self.log(f"wall time: float {self.timings['float_s']:.0f} s, QAT {self.timings['qat_s']:.0f} s, export "
                  f"{export_s:.0f} s, deployed eval {deployed_s:.0f} s; this call {time.time() - self.started:.0f} s "
                  f"-> {out / 'summary.json'}")
