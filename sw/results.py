@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from spikeforge import netimage
 
-from .config import TrainConfig
+from .config import PRESETS, TrainConfig
 from .data import load_dataset
 from .export import deployed_accuracy
 
@@ -88,13 +88,14 @@ def archive_runs(runs: list[dict], folders, directory) -> list[Path]:
 
 def train_command(config: dict) -> str:
     """The ``spikeforge train`` command line that reproduces ``config`` (flags for the fields that differ from the
-    default schedule)."""
-    default = TrainConfig()
+    default schedule, the preset ``spikeforge train`` starts from). A field missing from an older run's config
+    had its TrainConfig default (fields added later default to the behaviour before them)."""
+    default, base = PRESETS["default"], TrainConfig()
     flags = []
     for f in dataclasses.fields(TrainConfig):
-        if f.name in _NOT_FLAGS or f.name not in config:
+        if f.name in _NOT_FLAGS:
             continue
-        value = config[f.name]
+        value = config.get(f.name, getattr(base, f.name))
         if value != getattr(default, f.name):
             flags.append(f"--{f.name.replace('_', '-')} {'none' if value is None else value}")
     return " ".join(["spikeforge train", *flags])
