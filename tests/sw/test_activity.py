@@ -173,3 +173,10 @@ def test_the_presets_train_the_chain_with_the_penalties_and_a_resnet_without():
     assert preset("default", arch="resnet8", activity_penalty=0.5).activity_penalty == 0.5
     # the dataclass itself keeps them off: a TrainConfig built in code trains as before
     assert (TrainConfig().activity_penalty, TrainConfig().silent_blank) == (0.0, 0.0)
+
+
+def test_the_log_line_names_a_few_layers_and_totals_many():
+    from spikeforge.sw.train.activity import rates
+
+    assert rates({"conv1": 1274.4, "conv2": 1275.1}) == "conv1 1,274, conv2 1,275"
+    assert rates({f"layer{i}": 250.0 for i in range(9)}) == "2,250 in all over 9 populations"
