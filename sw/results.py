@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from spikeforge import netimage
 
-from .config import TrainConfig
+from .config import PRESETS, SPARSE, TrainConfig, preset
 from .data import load_dataset
 from .export import deployed_accuracy
 
@@ -88,14 +88,17 @@ def archive_runs(runs: list[dict], folders, directory) -> list[Path]:
 
 def train_command(config: dict) -> str:
     """The ``spikeforge train`` command line that reproduces ``config`` (flags for the fields that differ from the
-    default schedule)."""
-    default = TrainConfig()
+    default schedule, the preset ``spikeforge train`` starts from). A field missing from an older run's config
+    had its TrainConfig default (fields added later default to the behaviour before them)."""
+    default, base = PRESETS["default"], TrainConfig()
+    # the preset's spike penalties depend on the arch (off for a ResNet): compare them with what the arch gets
+    penalties = preset("default", arch=config.get("arch", base.arch))
     flags = []
     for f in dataclasses.fields(TrainConfig):
-        if f.name in _NOT_FLAGS or f.name not in config:
+        if f.name in _NOT_FLAGS:
             continue
-        value = config[f.name]
-        if value != getattr(default, f.name):
+        value = config.get(f.name, getattr(base, f.name))
+        if value != getattr(penalties if f.name in SPARSE else default, f.name):
             flags.append(f"--{f.name.replace('_', '-')} {'none' if value is None else value}")
     return " ".join(["spikeforge train", *flags])
 

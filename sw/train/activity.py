@@ -115,6 +115,9 @@ class Activity:
         return {name: count / max(1, n) for name, count in counts.items()}
 
 
-def rates(spikes_per_image: dict[str, float]) -> str:
-    """A log line's view of spikes per image per layer."""
+def rates(spikes_per_image: dict[str, float], most: int = 6) -> str:
+    """A log line's view of spikes per image per layer (with more than ``most`` layers, their total: every layer's
+    count is in the history and summary.json)."""
+    if len(spikes_per_image) > most:
+        return f"{sum(spikes_per_image.values()):,.0f} in all over {len(spikes_per_image)} populations"
     return ", ".join(f"{name} {value:,.0f}" for name, value in spikes_per_image.items())

@@ -79,9 +79,11 @@ HELP = {
     "huge_pages": "put torch's CPU tensors of 2 MiB and more on transparent huge pages (fewer page faults on each "
                   "step's large tensors): auto (on, unless THP_MEM_ALLOC_ENABLE is set) | true | false",
     "activity_penalty": "weight W of the activity regularizer: W x the mean firing rate of all spiking neurons "
-                        "(spikes / (T x images x neurons)) is added to the loss; 0 = off (docs/training.md)",
+                        "(spikes / (T x images x neurons)) is added to the loss; 0 = off, and off for a ResNet "
+                        "unless given (docs/training.md)",
     "silent_blank": "weight of the blank-image penalty: an all-zero image joins every batch and each neuron's "
-                    "cumulative current on it must stay below 3/4 of its threshold; 0 = off (docs/training.md)",
+                    "cumulative current on it must stay below 3/4 of its threshold; 0 = off, and off for a ResNet "
+                    "unless given (docs/training.md)",
     "malloc_cache": "keep freed tensors in glibc's heap instead of unmapping them (no page faults on each step's "
                     "large tensors; faster, ~15-40%% more peak memory): auto (on the CPU) | true | false",
 }

@@ -159,3 +159,24 @@ def test_a_resnet_trains_with_both_penalties_and_reports_its_populations(tmp_pat
     assert list(s["deployed_spikes_per_image"]) == names == list(s["blank_spikes"])
     assert list(s["qat_spikes_per_image"]) == names and names[:2] == ["stem", "layer1.0.conv1"]
     assert all(h["train_rate"] > 0 and h["blank_hinge"] >= 0 for h in s["history"])
+
+
+def test_the_presets_train_the_chain_with_the_penalties_and_a_resnet_without():
+    from spikeforge.sw.config import SPARSE, preset
+
+    assert SPARSE["activity_penalty"] > 0 and SPARSE["silent_blank"] > 0
+    for name in ("default", "demo"):
+        chain = preset(name)
+        assert (chain.activity_penalty, chain.silent_blank) == (SPARSE["activity_penalty"], SPARSE["silent_blank"])
+    resnet = preset("default", arch="resnet8", ann=True).validate()  # the ANN twin refuses penalties: none here
+    assert (resnet.activity_penalty, resnet.silent_blank) == (0.0, 0.0)
+    assert preset("default", arch="resnet8", activity_penalty=0.5).activity_penalty == 0.5
+    # the dataclass itself keeps them off: a TrainConfig built in code trains as before
+    assert (TrainConfig().activity_penalty, TrainConfig().silent_blank) == (0.0, 0.0)
+
+
+def test_the_log_line_names_a_few_layers_and_totals_many():
+    from spikeforge.sw.train.activity import rates
+
+    assert rates({"conv1": 1274.4, "conv2": 1275.1}) == "conv1 1,274, conv2 1,275"
+    assert rates({f"layer{i}": 250.0 for i in range(9)}) == "2,250 in all over 9 populations"
