@@ -47,6 +47,8 @@ ANCHORS = [
     ("LIF-only accelerator with time encoding (Windhager et al.)", "UltraScale+", 290.0, "", "> 99%"),
     ("Skydiver", "Zynq XC7Z045", 44.0, "large", "98.5%"),
 ]
+SHORT_NAMES = {"snn-fpga (Fan and Levy)": "snn-fpga",
+               "LIF-only accelerator with time encoding (Windhager et al.)": "Windhager\net al."}
 
 
 def measure(label, path, dataset, board, clock, images, build_root) -> dict:
@@ -132,8 +134,8 @@ def write_plot(rows, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = [f"spikeforge\n{r['board']}\n{Path(r['network']).stem}" for r in rows] + [a[0].split(" (")[0]
-                                                                                       for a in ANCHORS]
+    names = ([f"spikeforge\n{r['board']}\n{Path(r['network']).stem}" for r in rows]
+             + [SHORT_NAMES.get(a[0], a[0]) for a in ANCHORS])
     values = [r["perf"]["latency_us"]["mean"] for r in rows] + [a[2] for a in ANCHORS]
     colors = ["tab:blue"] * len(rows) + ["tab:gray"] * len(ANCHORS)
     fig, ax = plt.subplots(figsize=(10, 4.5))
@@ -152,16 +154,23 @@ def main(argv=None) -> int:
     parser.add_argument("--images", type=int, help="first N test images only (default: all)")
     parser.add_argument("--build-root", default="build/performance")
     parser.add_argument("--out", default=str(ROOT / "docs" / "performance.md"))
+    parser.add_argument("--reuse", action="store_true",
+                        help="rewrite the page and the plot from the last run's measurements (build-root/performance.json)")
     args = parser.parse_args(argv)
-    rows = []
-    for label, path, dataset, board, clock, images in NETWORKS:
-        print(f"== {label} on {board}", flush=True)
-        count = min(n for n in (images, args.images) if n) if (images or args.images) else None
-        rows.append(measure(label, path, dataset, board, clock, count, Path(args.build_root)))
-    out = Path(args.out)
     raw = Path(args.build_root) / "performance.json"
-    raw.parent.mkdir(parents=True, exist_ok=True)
-    raw.write_text(json.dumps(rows, indent=1, default=str))
+    if args.reuse:
+        if not raw.is_file():
+            parser.error(f"--reuse: {raw} does not exist; run without --reuse first")
+        rows = json.loads(raw.read_text())
+    else:
+        rows = []
+        for label, path, dataset, board, clock, images in NETWORKS:
+            print(f"== {label} on {board}", flush=True)
+            count = min(n for n in (images, args.images) if n) if (images or args.images) else None
+            rows.append(measure(label, path, dataset, board, clock, count, Path(args.build_root)))
+        raw.parent.mkdir(parents=True, exist_ok=True)
+        raw.write_text(json.dumps(rows, indent=1, default=str))
+    out = Path(args.out)
     note = (f"at most the first {args.images:,} test images per row" if args.images
             else "the first row on every test image, the others on the first 2,000")
     plot = out.with_suffix(".png")
