@@ -16,8 +16,8 @@ export PATH := $(abspath $(BIN)):$(PATH)
 
 BUILD := build
 DATASET ?= mnist
-# the network `make demo` wrote or, before it has run, the trained demo network committed with the tests
-NET ?= $(firstword $(wildcard $(BUILD)/demo/network.sfnet) tests/data/demo-mnist.sfnet)
+# the network `make demo` wrote or, before it has run, the sparse trained demo network committed with the tests
+NET ?= $(firstword $(wildcard $(BUILD)/demo/network.sfnet) tests/data/demo-mnist-sparse.sfnet)
 # test images `make sim` runs through the Verilog
 IMAGES ?= 20
 BOARD ?= icebreaker
