@@ -243,7 +243,13 @@ def test_perf_reports_latency_lanes_and_writes_json(tmp_path, capsys):
     assert 0 < report["layers"][0]["lane_utilization"] <= 1
 
 
-def test_perf_bad_lanes_is_one_sentence(capsys):
-    assert cli.main(["perf", "tests/data/demo-mnist.sfnet", "--images", "1", "--lanes", "conv9=2"]) == 2
+@pytest.mark.parametrize("option,sentence", [
+    (["--lanes", "conv9=2"], "'conv9', which is not a layer"),
+    (["--lanes", "conv1=9"], "can use 1 to 8 lanes"),
+    (["--clock", "-5"], "--clock -5.0: give the clock in MHz, a positive number"),
+    (["--images", "0"], "--images 0: give a positive number of test images"),
+])
+def test_perf_bad_options_are_one_sentence(capsys, option, sentence):
+    assert cli.main(["perf", "tests/data/demo-mnist.sfnet", "--images", "1", *option]) == 2
     err = capsys.readouterr().err
-    assert "'conv9', which is not a layer" in err and err.count("\n") == 1
+    assert sentence in err and err.count("\n") == 1
