@@ -5,6 +5,7 @@ accelerators as ratios.
 
     .venv/bin/python -m bench.performance                 # builds the bitstreams, models every test image
     .venv/bin/python -m bench.performance --images 1000   # a quicker look (the page states the image counts)
+    .venv/bin/python -m bench.performance --reuse         # keep the last run's rows, measure only new ones
 
 Each board's bitstream is built with `spikeforge.hw.bitstream.build` at the board's clock for this network
 (``NETWORKS`` below: the highest PLL clock the design met); a build that misses it fails here, loudly. Not a test:
@@ -38,6 +39,13 @@ NETWORKS = [
     ("MNIST, demo network trained without the activity penalty", "tests/data/demo-mnist.sfnet", "mnist",
      "icebreaker", 30.0, 2000),
 ]
+
+# how each network file was trained (docs/training.md has the runs)
+TRAINING = {
+    "tests/data/demo-mnist-sparse.sfnet": "spikeforge train --threads 1 --activity-penalty 0.3 --silent-blank 1 "
+                                          "--out build/full/w0.3-b1",
+    "tests/data/demo-mnist.sfnet": "the default schedule before the spike penalties (`build/tune-a`, docs/results.md)",
+}
 
 # published MNIST accelerators on FPGAs (latency per image in microseconds); see issue 26 and the papers
 ANCHORS = [
@@ -117,7 +125,11 @@ def write_markdown(rows, images_note, path: Path, plot: Path) -> None:
     ]
     for name, device, latency, logic, accuracy in ANCHORS:
         lines.append(f"| {name} | {device} | {latency:,.0f} us | {latency / best:.2f}x | {logic} | {accuracy} |")
-    lines += ["", f"![latency per image]({plot.name})", "",
+    lines += ["", "The networks (integer accuracy above is on the images the row used; full test sets: docs/training.md):", ""]
+    for network in dict.fromkeys(row["network"] for row in rows):
+        command = TRAINING.get(network, "")
+        lines.append(f"* `{network}`: " + (f"`{command}`" if command.startswith("spikeforge") else command))
+    lines += ["", f"![latency per MNIST image]({plot.name})", "",
               "Per layer (first row): spikes per image, word updates per image and cycles per step:", ""]
     lines.append("| layer | lanes | spikes / image | word updates / image | lane use | cycles per step (mean) |")
     lines.append("|---|---:|---:|---:|---:|---|")
@@ -134,6 +146,7 @@ def write_plot(rows, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    rows = [r for r in rows if r["dataset"] == "mnist"]  # the anchors are MNIST designs
     names = ([f"spikeforge\n{r['board']}\n{Path(r['network']).stem}" for r in rows]
              + [SHORT_NAMES.get(a[0], a[0]) for a in ANCHORS])
     values = [r["perf"]["latency_us"]["mean"] for r in rows] + [a[2] for a in ANCHORS]
@@ -155,24 +168,26 @@ def main(argv=None) -> int:
     parser.add_argument("--build-root", default="build/performance")
     parser.add_argument("--out", default=str(ROOT / "docs" / "performance.md"))
     parser.add_argument("--reuse", action="store_true",
-                        help="rewrite the page and the plot from the last run's measurements (build-root/performance.json)")
+                        help="keep the rows the last run measured (build-root/performance.json) and measure only the "
+                             "rows of NETWORKS it lacks")
     args = parser.parse_args(argv)
     raw = Path(args.build_root) / "performance.json"
-    if args.reuse:
-        if not raw.is_file():
-            parser.error(f"--reuse: {raw} does not exist; run without --reuse first")
-        rows = json.loads(raw.read_text())
-    else:
-        rows = []
-        for label, path, dataset, board, clock, images in NETWORKS:
-            print(f"== {label} on {board}", flush=True)
-            count = min(n for n in (images, args.images) if n) if (images or args.images) else None
-            rows.append(measure(label, path, dataset, board, clock, count, Path(args.build_root)))
-        raw.parent.mkdir(parents=True, exist_ok=True)
-        raw.write_text(json.dumps(rows, indent=1, default=str))
+    saved = {}
+    if args.reuse and raw.is_file():
+        saved = {(row["network"], row["board"]): row for row in json.loads(raw.read_text())}
+    rows = []
+    for label, path, dataset, board, clock, images in NETWORKS:
+        if (path, board) in saved:
+            rows.append(saved[(path, board)])
+            continue
+        print(f"== {label} on {board}", flush=True)
+        count = min(n for n in (images, args.images) if n) if (images or args.images) else None
+        rows.append(measure(label, path, dataset, board, clock, count, Path(args.build_root)))
+    raw.parent.mkdir(parents=True, exist_ok=True)
+    raw.write_text(json.dumps(rows, indent=1, default=str))
     out = Path(args.out)
     note = (f"at most the first {args.images:,} test images per row" if args.images
-            else "the first row on every test image, the others on the first 2,000")
+            else "the first row on every test image, the others on the image counts shown")
     plot = out.with_suffix(".png")
     write_plot(rows, plot)
     write_markdown(rows, note, out, plot)
