@@ -125,7 +125,8 @@ def write_markdown(rows, images_note, path: Path, plot: Path) -> None:
     ]
     for name, device, latency, logic, accuracy in ANCHORS:
         lines.append(f"| {name} | {device} | {latency:,.0f} us | {latency / best:.2f}x | {logic} | {accuracy} |")
-    lines += ["", "The networks (integer accuracy above is on the images the row used; full test sets: docs/training.md):", ""]
+    lines += ["", "The networks (integer accuracy above is on the images the row used; full test sets: "
+                  "docs/training.md):", ""]
     for network in dict.fromkeys(row["network"] for row in rows):
         command = TRAINING.get(network, "")
         lines.append(f"* `{network}`: " + (f"`{command}`" if command.startswith("spikeforge") else command))

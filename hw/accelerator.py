@@ -99,11 +99,12 @@ def estimate_memory(net: Network, fifo_depth: int = 4, lanes=None) -> list[dict]
     and ``ice40_ebr``, the EBR blocks it would take if mapped to iCE40 block RAM (Yosys may put the smallest ones,
     the params and FIFOs, into logic instead).
 
-    Per population, with ``lanes`` as ``choose_lanes`` takes it: the membrane (``channel_words x H x W`` words of
-    lanes x acc_bits), one weight ROM per projection (lanes x wbits per word) (``name.weights``, or ``name.p{k}.weights`` when
-    the population has several projections; an identity shortcut, a diagonal 1x1 conv, stores only its
-    diagonal), the params ROM, and one event FIFO per source population it reads (``name.fifo``, or
-    ``name.fifo<-source`` when it reads several). Pure arithmetic over the network image; nothing is elaborated.
+    The input's pixel list, and per population, with ``lanes`` as ``choose_lanes`` takes it: the membrane
+    (``channel_words x H x W`` words of lanes x acc_bits), one weight ROM per projection with lanes x wbits per
+    word (``name.weights``, or ``name.p{k}.weights`` when the population has several projections; an identity
+    shortcut, a diagonal 1x1 conv, stores only its diagonal), the params ROM, and one event FIFO per source
+    population it reads (``name.fifo``, or ``name.fifo<-source`` when it reads several). Pure arithmetic over the
+    network image; nothing is elaborated.
     """
     pops = net.populations
     per_pop = choose_lanes(net, lanes)

@@ -226,8 +226,8 @@ class CycleModel:
     def _quiet_cycles(inp, stall_in, writes, reads, plans, units, fifos) -> int:
         """How many cycles from this one change nothing but the walkers' remaining updates (0 if this one
         changes more): no handshake, every unit accumulating with no event or token taken or stalled on a full
-        FIFO downstream, the input unit stalled or idle, no FIFO moving an entry to its output register. Those cycles last until the first
-        busy walker frees up."""
+        FIFO downstream, the input unit stalled or idle, no FIFO moving an entry to its output register. Those
+        cycles last until the first busy walker frees up."""
         if writes or reads:
             return 0
         if not (stall_in or (not inp["scanning"] and not inp["p_valid"])):

@@ -31,8 +31,9 @@ def simulate(net: Network, images, time_steps: int | None = None, *, lanes=None,
     order the hardware emitted them; ``cycles`` is the accelerator's ``cycles`` after each image and
     ``sim_cycles`` the cycles the whole simulation ran.
 
-    ``lanes`` and ``fifo_depth`` go to the Accelerator. ``results_ready`` < 1 drops the results stream's ready at random (that fraction of cycles ready) to exercise
-    back-pressure. Raises RuntimeError if an image does not finish within ``max_cycles``.
+    ``lanes`` and ``fifo_depth`` go to the Accelerator. ``results_ready`` < 1 drops the results stream's ready at
+    random (that fraction of cycles ready) to exercise back-pressure. Raises RuntimeError if an image does not
+    finish within ``max_cycles``.
     """
     T = net.time_steps if time_steps is None else time_steps
     images = np.asarray(images)
