@@ -49,6 +49,20 @@ class _Python2Pickler(pickle._Pickler):
     dispatch[bytes] = save_python2_string
 
 
+def write_mnist_subset(folder, train: int, test: int) -> Path:
+    """The first ``train`` and ``test`` real MNIST images as an IDX folder (what ``--data-dir`` reads)."""
+    from spikeforge.sw.data import load_dataset
+
+    folder = Path(folder)
+    for split, n in (("train", train), ("test", test)):
+        x, y = load_dataset("mnist", split)
+        images, labels = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+                          "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}[split]
+        write_idx(folder / (images + ".gz"), x[:n, 0])
+        write_idx(folder / (labels + ".gz"), y[:n])
+    return folder
+
+
 def _dump_cifar_pickle(path: Path, entry: dict) -> None:
     """Pickle like the published files, which Python 2's cPickle wrote with NumPy 1: protocol 2, keys and the
     array's raw bytes as Python 2 strings, arrays rebuilt through numpy.core.multiarray._reconstruct."""

@@ -12,22 +12,13 @@ from spikeforge.sw.config import ConfigError, TrainConfig, config_key
 from spikeforge.sw.models import build_model
 from spikeforge.sw.train import train
 from spikeforge.sw.train.activity import Activity, spiking_layers
-from fake_datasets import write_idx
+from fake_datasets import write_mnist_subset
 
 
 @pytest.fixture(scope="module")
 def small_mnist(tmp_path_factory):
     """512 real MNIST train and 100 test images as an IDX folder."""
-    from spikeforge.sw.data import load_dataset
-
-    folder = tmp_path_factory.mktemp("small-mnist")
-    for split, n in (("train", 512), ("test", 100)):
-        x, y = load_dataset("mnist", split)
-        stem_i, stem_l = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-                          "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}[split]
-        write_idx(folder / (stem_i + ".gz"), x[:n, 0])
-        write_idx(folder / (stem_l + ".gz"), y[:n])
-    return folder
+    return write_mnist_subset(tmp_path_factory.mktemp("small-mnist"), 512, 100)
 
 
 def _config(data_dir, out, **overrides):

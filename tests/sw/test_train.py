@@ -15,22 +15,13 @@ from spikeforge.sw.export import export_network
 from spikeforge.sw.models import build_model, evaluate_checkpoint
 from spikeforge.sw.spike_conv import SpikeInputConv2d
 from spikeforge.sw.train import cli as train_cli, runtime, schedule, steps, train
-from fake_datasets import write_idx
+from fake_datasets import write_mnist_subset
 
 
 @pytest.fixture(scope="module")
 def tiny_mnist(tmp_path_factory):
     """256 real MNIST train and 64 test images as an IDX folder (the --data-dir path)."""
-    from spikeforge.sw.data import load_dataset
-
-    folder = tmp_path_factory.mktemp("tiny-mnist")
-    for split, n in (("train", 256), ("test", 64)):
-        x, y = load_dataset("mnist", split)
-        stem_i, stem_l = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-                          "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}[split]
-        write_idx(folder / (stem_i + ".gz"), x[:n, 0])
-        write_idx(folder / (stem_l + ".gz"), y[:n])
-    return folder
+    return write_mnist_subset(tmp_path_factory.mktemp("tiny-mnist"), 256, 64)
 
 
 def tiny_config(data_dir, out, **overrides):
