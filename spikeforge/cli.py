@@ -19,6 +19,8 @@ from spikeforge.allocator import malloc_cache, use_huge_pages
 DATASETS = ("mnist", "fashion-mnist", "cifar10", "cifar100", "imagenette")
 EMBEDDED_DATASETS = ("mnist", "fashion-mnist")  # installed with spikeforge: no --data-dir needed
 BACKENDS = ("torch", "int", "rtl", "fpga")
+SIMULATORS = ("icarus", "verilator")
+SIMULATOR_NAMES = {"icarus": "Icarus", "verilator": "Verilator"}
 BOARDS = ("icebreaker", "ulx3s-85f")
 # spikeforge.hw.bitstream.BOARDS[b].default_clock_mhz (a test keeps the two equal; importing it here would slow --help)
 DEFAULT_CLOCK_MHZ = {"icebreaker": 24.0, "ulx3s-85f": 50.0}
@@ -154,11 +156,13 @@ def cmd_run(args) -> int:
     from spikeforge.hw.cycle_model import CycleModel
 
     lanes = _lanes(args, net, args.board)
-    rtl = run_rtl(net, images, time_steps=T, build_dir=args.build_dir, waves=args.waves, lanes=lanes)
+    rtl = run_rtl(net, images, time_steps=T, build_dir=args.build_dir, waves=args.waves, lanes=lanes,
+                  simulator=args.simulator, jobs=args.jobs)
     accuracy = float((rtl.prediction == labels).mean())
     cycles = list(rtl.cycles)
-    print(f"rtl (Icarus) accuracy: {accuracy * 100:.2f}% on {len(labels)} {args.dataset} test images, T={T}, "
-          f"{rtl.wall_s:.1f} s")
+    print(f"rtl ({SIMULATOR_NAMES[args.simulator]}) accuracy: {accuracy * 100:.2f}% on {len(labels)} {args.dataset} "
+          f"test images, T={T}, {rtl.wall_s:.1f} s ({rtl.sim_cycles / max(rtl.sim_s, 1e-9):,.0f} simulated cycles/s "
+          f"over {rtl.processes} process(es))")
     print("lanes (" + args.board + "): " + ", ".join(f"{net.populations[p].name} {n}" for p, n in lanes.items()))
     print(f"cycles per image: mean {sum(cycles) / len(cycles):.0f}, min {min(cycles)}, max {max(cycles)}")
     predicted = [c.cycles for c in CycleModel(net, T, lanes=lanes).run(images, ref)]
@@ -304,7 +308,7 @@ def cmd_demo(args) -> int:
     print(f"== 3/5 RTL simulation (Icarus) on {args.rtl_images} test images, compared with the reference")
     run = argparse.Namespace(model=str(network_path), backend="rtl", dataset=args.dataset, images=args.rtl_images,
                              data_dir=args.data_dir, time_steps=None, build_dir=str(out / "rtl"), waves=False,
-                             board=args.board, lanes="auto")
+                             board=args.board, lanes="auto", simulator="icarus", jobs=None)
     status = cmd_run(run)
     if status:
         return status
@@ -373,6 +377,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--time-steps", type=int, help="T (default: the network file's)")
     p.add_argument("--build-dir", help="rtl: folder for the Verilog and simulator build (default: a temp folder)")
     p.add_argument("--waves", action="store_true", help="rtl: dump a waveform file")
+    p.add_argument("--simulator", choices=SIMULATORS, default="icarus",
+                   help="rtl: the Verilog simulator (default: icarus; verilator builds for ~10-60 s, then runs "
+                        "many times faster: use it for hundreds of images)")
+    p.add_argument("--jobs", type=int, help="rtl, gate: simulator processes (default: one per core)")
     p.add_argument("--port", default="/dev/ttyUSB1", help="fpga: the board's serial port (default /dev/ttyUSB1)")
     p.add_argument("--baudrate", type=int, default=115200, help="fpga: must match the bitstream (default 115200)")
     p.add_argument("--lanes", default="auto", help="rtl: " + LANES_HELP)

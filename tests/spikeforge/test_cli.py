@@ -14,7 +14,7 @@ from spikeforge.testing import random_network
     ("train", ["--dataset", "--preset", "--out", "--surrogate-width", "--arch", "--epochs-float"]),
     ("export", ["checkpoint", "--output", "--max-acc-bits"]),
     ("inspect", ["network"]),
-    ("run", ["--backend", "{torch,int,rtl,fpga}", "--images", "--waves", "--port"]),
+    ("run", ["--backend", "{torch,int,rtl,fpga}", "--images", "--waves", "--port", "--simulator", "{icarus,verilator}"]),
     ("bitstream", ["--board", "{icebreaker,ulx3s-85f}", "--lanes", "--clock"]),
     ("perf", ["--board", "--lanes", "--clock", "--images", "--json"]),
     ("demo", ["--rtl-images", "--board"]),
