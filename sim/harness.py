@@ -62,8 +62,11 @@ def generate_harness(net: Network, build_dir: str | Path, toplevel: str = TOPLEV
     bits = net.input.bits
     npix = net.input.size
     nres = net.readout.size
-    ports = ["input rst", "input trace_flush", "output reg done", "output reg [31:0] images_done"]
-    ports += [f"output reg [31:0] steps_p{p}" for p in lif]
+    # cocotb reaches only these through VPI: Verilator keeps them visible (public) and optimizes the rest
+    public = " /*verilator public_flat_rw*/"
+    ports = [f"input rst{public}", f"input trace_flush{public}", f"output reg done{public}",
+             f"output reg [31:0] images_done{public}"]
+    ports += [f"output reg [31:0] steps_p{p}{public}" for p in lif]
     conns = [".clk(clk)", ".rst(rst)", ".pixels__valid(pixels__valid)", ".pixels__ready(pixels__ready)",
              ".pixels__payload(pixels__payload)", ".results__valid(results__valid)",
              ".results__ready(results__ready)", ".results__payload(results__payload)", ".cycles(cycles)",
@@ -89,7 +92,7 @@ module {HARNESS}(rst, trace_flush, done, images_done{"".join(f", steps_p{p}" for
   wire [31:0] results__payload, cycles;
 {nl.join(decls)}
   // the clock lives here: driven from Python through VPI it halved the simulation speed
-  reg clk = 1'b0;
+  reg clk /*verilator public_flat_rw*/ = 1'b0;
   always #{CLOCK_NS // 2} clk = ~clk;
   {toplevel} dut({", ".join(conns)});
 

