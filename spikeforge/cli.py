@@ -23,6 +23,7 @@ SIMULATORS = ("icarus", "verilator")
 SIMULATOR_NAMES = {"icarus": "Icarus", "verilator": "Verilator"}
 BOARDS = ("icebreaker", "ulx3s-85f")
 # spikeforge.hw.bitstream.BOARDS[b].default_clock_mhz (a test keeps the two equal; importing it here would slow --help)
+CYCLE_MODEL_IMAGES = 200  # rtl: images the cycle model is compared on (it runs at 10-20 images/s)
 DEFAULT_CLOCK_MHZ = {"icebreaker": 24.0, "ulx3s-85f": 50.0}
 
 
@@ -135,6 +136,8 @@ def cmd_run(args) -> int:
     net = _load_network(args.model)
     images, labels = _test_images(args, net.input.shape, net.metadata.get("dataset"))
     T = args.time_steps or net.time_steps
+    if args.backend == "rtl":
+        return _run_rtl(args, net, images, labels, T)
     from spikeforge.sw import reference
 
     started = time.perf_counter()
@@ -150,35 +153,65 @@ def cmd_run(args) -> int:
     if args.backend == "fpga":
         return _run_fpga(args, net, images, labels, ref)
 
-    from spikeforge.record import first_mismatch
-    from spikeforge.sim.rtl import run_rtl
+    raise AssertionError(f"unknown backend {args.backend}")  # argparse's choices stop it first
+
+
+
+def _run_rtl(args, net, images, labels, T: int) -> int:
+    """``run --backend rtl``: the Verilog against the reference, a batch at a time (spikeforge.verify)."""
+    import tempfile
+
+    import numpy as np
 
     from spikeforge.hw.cycle_model import CycleModel
+    from spikeforge.sim.rtl import run_rtl
+    from spikeforge.verify import compare_in_batches
 
+    if args.batch < 1:
+        raise CliError(f"--batch {args.batch}: give a positive number of images per simulation")
     lanes = _lanes(args, net, args.board)
-    rtl = run_rtl(net, images, time_steps=T, build_dir=args.build_dir, waves=args.waves, lanes=lanes,
-                  simulator=args.simulator, jobs=args.jobs)
-    accuracy = float((rtl.prediction == labels).mean())
-    cycles = list(rtl.cycles)
-    print(f"rtl ({SIMULATOR_NAMES[args.simulator]}) accuracy: {accuracy * 100:.2f}% on {len(labels)} {args.dataset} "
-          f"test images, T={T}, {rtl.wall_s:.1f} s ({rtl.sim_cycles / max(rtl.sim_s, 1e-9):,.0f} simulated cycles/s "
-          f"over {rtl.processes} process(es))")
-    print("lanes (" + args.board + "): " + ", ".join(f"{net.populations[p].name} {n}" for p, n in lanes.items()))
-    print(f"cycles per image: mean {sum(cycles) / len(cycles):.0f}, min {min(cycles)}, max {max(cycles)}")
-    predicted = [c.cycles for c in CycleModel(net, T, lanes=lanes).run(images, ref)]
-    worst = max(abs(p - c) / c for p, c in zip(predicted, cycles))
-    print(f"cycle model (spikeforge perf): mean {sum(predicted) / len(predicted):.0f}, largest difference from the "
-          f"RTL {worst * 100:.2f}% ({sum(p == c for p, c in zip(predicted, cycles))} of {len(cycles)} images exact; "
-          f"the testbench stalls the results stream at random, the model assumes it always ready)")
-    _print_counts(net, rtl.spike_counts(), len(labels), T)
-    mismatch = first_mismatch(ref, rtl)
-    if mismatch:
-        print(f"RTL DIFFERS from the integer reference: {mismatch}")
-        return 1
-    print(f"RTL bit-exact with the integer reference at T={T} on {len(labels)} images: every spike of every "
-          f"population at every step, and the readout potentials")
-    return 0
+    build_dir = args.build_dir or tempfile.mkdtemp(prefix="spikeforge-rtl-")  # one build for every batch
+    modelled: list[tuple[int, int]] = []
 
+    def simulate(chunk, start):
+        return run_rtl(net, chunk, time_steps=T, build_dir=build_dir, waves=args.waves, lanes=lanes,
+                       simulator=args.simulator, jobs=args.jobs, seed=1 + start, progress=False)
+
+    def model(ref, rtl, start):  # the cycle model next to the RTL, on the first CYCLE_MODEL_IMAGES images
+        keep = max(0, min(len(rtl.cycles), CYCLE_MODEL_IMAGES - start))
+        if keep:
+            predicted = CycleModel(net, T, lanes=lanes).run(images[start:start + keep], ref)
+            modelled.extend(zip((c.cycles for c in predicted), rtl.cycles[:keep]))
+
+    try:
+        out = compare_in_batches(net, images, T, simulate, batch=args.batch, each_batch=model,
+                                 label=f"RTL ({SIMULATOR_NAMES[args.simulator]})")
+    finally:
+        if not args.build_dir and not args.waves:
+            import shutil
+
+            shutil.rmtree(build_dir, ignore_errors=True)
+    n = out.images
+    accuracy = float((np.asarray(out.predictions) == labels[:n]).mean())
+    cycles = out.cycles
+    print(f"rtl ({SIMULATOR_NAMES[args.simulator]}) accuracy: {accuracy * 100:.2f}% on {n} {args.dataset} test "
+          f"images, T={T}, {out.wall_s:.1f} s, {out.images_per_second:.1f} images/s "
+          f"({out.cycles_per_second:,.0f} simulated cycles/s over {out.processes} process(es))")
+    print("lanes (" + args.board + "): " + ", ".join(f"{net.populations[p].name} {k}" for p, k in lanes.items()))
+    print(f"cycles per image: mean {sum(cycles) / len(cycles):.0f}, min {min(cycles)}, max {max(cycles)}")
+    if modelled:
+        worst = max(abs(p - c) / c for p, c in modelled)
+        print(f"cycle model (spikeforge perf) on the first {len(modelled)} images: mean "
+              f"{sum(p for p, _ in modelled) / len(modelled):.0f}, largest difference from the RTL {worst * 100:.2f}% "
+              f"({sum(p == c for p, c in modelled)} exact; the testbench stalls the results stream at random, the "
+              f"model assumes it always ready)")
+    _print_counts(net, out.spike_counts, n, T)
+    if out.mismatch:
+        print(f"RTL DIFFERS from the integer reference: {out.mismatch}")
+        return 1
+    print(f"RTL bit-exact with the integer reference at T={T} on {n} images: every spike of every population at "
+          f"every step, and the readout potentials")
+    return 0
 
 def _run_torch(args) -> int:
     """The trained PyTorch (QAT) model of a checkpoint on the test images."""
@@ -308,7 +341,7 @@ def cmd_demo(args) -> int:
     print(f"== 3/5 RTL simulation (Icarus) on {args.rtl_images} test images, compared with the reference")
     run = argparse.Namespace(model=str(network_path), backend="rtl", dataset=args.dataset, images=args.rtl_images,
                              data_dir=args.data_dir, time_steps=None, build_dir=str(out / "rtl"), waves=False,
-                             board=args.board, lanes="auto", simulator="icarus", jobs=None)
+                             board=args.board, lanes="auto", simulator="icarus", jobs=None, batch=1000)
     status = cmd_run(run)
     if status:
         return status
@@ -380,7 +413,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--simulator", choices=SIMULATORS, default="icarus",
                    help="rtl: the Verilog simulator (default: icarus; verilator builds for ~10-60 s, then runs "
                         "many times faster: use it for hundreds of images)")
-    p.add_argument("--jobs", type=int, help="rtl, gate: simulator processes (default: one per core)")
+    p.add_argument("--jobs", type=int, help="rtl: simulator processes (default: one per core)")
+    p.add_argument("--batch", type=int, default=1000,
+                   help="rtl: images per simulation; each batch is compared and dropped, which bounds memory "
+                        "(default 1000)")
     p.add_argument("--port", default="/dev/ttyUSB1", help="fpga: the board's serial port (default /dev/ttyUSB1)")
     p.add_argument("--baudrate", type=int, default=115200, help="fpga: must match the bitstream (default 115200)")
     p.add_argument("--lanes", default="auto", help="rtl: " + LANES_HELP)

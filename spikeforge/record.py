@@ -80,12 +80,14 @@ def _pop_tag(names: list[str] | None, p: int) -> str:
     return f"population {p}"
 
 
-def first_mismatch(expected: SpikeRecord, actual: SpikeRecord, net: Network | None = None) -> str | None:
+def first_mismatch(expected: SpikeRecord, actual: SpikeRecord, net: Network | None = None, *,
+                   first_image: int = 0) -> str | None:
     """None when ``actual`` reproduces ``expected`` exactly, else one sentence naming the first difference.
 
     "First" is causal: per image, the earliest step, and within a step the earliest population (a wrong spike in
     layer 1 at step 3 explains every later difference); the readout is compared after all spikes of that image.
-    Populations are named from ``net`` when given, else from either record's ``population_names``.
+    Populations are named from ``net`` when given, else from either record's ``population_names``. Images are
+    numbered from ``first_image`` (the records hold a batch that starts there).
     """
     names = ([pop.name for pop in net.populations] if net is not None
              else actual.population_names or expected.population_names)
@@ -121,14 +123,14 @@ def first_mismatch(expected: SpikeRecord, actual: SpikeRecord, net: Network | No
                     else:
                         what = (f"the {want} spikes, the {got} does not" if a[k] else
                                 f"the {got} spikes, the {want} does not")
-                    return (f"image {image}, step {t}, {_pop_tag(names, p)}, {_neuron(ref_spikes[p].shape[2:], k)}: "
+                    return (f"image {image + first_image}, step {t}, {_pop_tag(names, p)}, {_neuron(ref_spikes[p].shape[2:], k)}: "
                             f"{what} ({diff.size} neuron(s) of this population differ at this step){suffix}")
         a = ref_readout[image].reshape(-1).astype(np.int64)
         b = hw_readout[image].reshape(-1).astype(np.int64)
         diff = np.nonzero(a != b)[0]
         if diff.size:
             k = int(diff[0])
-            return (f"image {image}, readout ({_pop_tag(names, len(ref_spikes) - 1)}) "
+            return (f"image {image + first_image}, readout ({_pop_tag(names, len(ref_spikes) - 1)}) "
                     f"{_neuron(ref_readout.shape[1:], k)}: V = {a[k]} in the {want}, {b[k]} in the {got} "
                     f"({diff.size} readout neuron(s) differ){suffix}")
     return None

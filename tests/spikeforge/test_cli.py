@@ -150,6 +150,7 @@ def test_run_checks_the_images_it_loaded_too(tmp_path, capsys):
     (["--images", "-3"], "--images -3: give a positive number of test images"),
     (["--time-steps", "0"], "--time-steps 0: give a positive number of time steps"),
     (["--dataset", "cifar10"], "cifar10 cannot be downloaded here: pass --data-dir"),
+    (["--backend", "rtl", "--batch", "0", "--images", "2"], "--batch 0: give a positive number of images"),
 ])
 def test_run_refuses_bad_options_in_one_sentence(tmp_path, capsys, args, expected):
     path = save_network(tmp_path, (1, 28, 28) if "cifar10" not in args else (3, 32, 32))
