@@ -8,6 +8,7 @@ schedule, why it cannot deadlock, the cycle cost and the memory budget. Torch-fr
 
 from __future__ import annotations
 
+import functools
 import operator
 
 from amaranth.hdl import Module, Signal, unsigned, signed
@@ -236,8 +237,27 @@ class Accelerator(wiring.Component):
                     trace.step_end.eq(handed & producer.payload.end),
                     trace.index.eq(producer.payload.index),
                 ]
-        wiring.connect(m, readout.results, wiring.flipped(self.results))
-        m.d.comb += input_unit.release.eq(readout.done)
+        # A lif population nobody reads (its spikes reach no readout) would still be finishing its last step when
+        # the readout is done: the results wait until it has handed on its T-th end token, so that an image is
+        # only over when every population is (the randomized regression's first find, docs/verification.md).
+        dead = [q for q, readers in consumers(net).items() if pops[q].kind == "lif" and not readers]
+        finished = Signal(init=1, name="dead_finished")
+        if dead:
+            checks = []
+            for q in dead:
+                ends = Signal(range(T + 1), name=f"ends_p{q}")
+                with m.If(readout.done):
+                    m.d.sync += ends.eq(0)
+                with m.Elif(units[q].spikes.valid & units[q].spikes.ready & units[q].spikes.payload.end):
+                    m.d.sync += ends.eq(ends + 1)
+                checks.append(ends == T)
+            m.d.comb += finished.eq(functools.reduce(operator.and_, checks))
+        m.d.comb += [
+            self.results.valid.eq(readout.results.valid & finished),
+            self.results.payload.eq(readout.results.payload),
+            readout.results.ready.eq(self.results.ready & finished),
+            input_unit.release.eq(readout.done),
+        ]
 
         count = Signal(32, name="cycle_count")
         m.d.sync += count.eq(count + 1)

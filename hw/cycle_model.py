@@ -93,6 +93,8 @@ class CycleModel:
         self.fifo_depth = int(fifo_depth)
         pops = net.populations
         self.readers = consumers(net)
+        # lif populations nobody reads: the readout's results wait for them (hw/accelerator.py)
+        self.dead = [q for q, rs in self.readers.items() if net.populations[q].kind == "lif" and not rs]
         self.groups = {p: projection_groups(pops[p]) for p in range(1, len(pops))}
         # per population: membrane words, and per projection the words each source neuron's event lands on
         self.words: dict[int, int] = {}
@@ -278,7 +280,8 @@ class CycleModel:
             pending = u["pending"]
             sent = False
             if pending:
-                sent = hand(p, pending[0]) if lif else True  # the results stream is always ready here
+                # the results stream is always ready here, once every population nobody reads has finished
+                sent = hand(p, pending[0]) if lif else all(len(result.step_ends[q]) == self.T for q in self.dead)
             free = not pending or (sent and len(pending) == 1)
             plan["sent"] = sent
             plan["advance"] = s3 is None or handing == 0 or free

@@ -226,3 +226,24 @@ def test_a_stuck_design_is_stopped_with_a_sentence(tmp_path, stage, sentence):
     with pytest.raises(RtlSimError) as caught:
         run_rtl(net, images, 4, build_dir=tmp_path, design=_stuck_accelerator(stage), jobs=1, watchdog=3000)
     assert sentence in str(caught.value)
+
+
+def test_a_population_nobody_reads_finishes_before_its_image_does(tmp_path):
+    """layer1 feeds nothing (the readout reads the input): the results wait for its last step, so its spikes are
+    counted in their own image and `cycles` covers them (the randomized regression's first find)."""
+    from spikeforge.hw.cycle_model import CycleModel
+    from spikeforge.netimage import Projection, required_acc_bits, validate
+
+    net = random_network(2, layers=[("conv", 2, 3, 1, 1), ("dense", 3)], time_steps=3)
+    readout = net.populations[2]
+    readout.projections = [Projection(source=0, kind="dense", wbits=2, weight=np.ones((3, 36), np.int64))]
+    readout.acc_bits = required_acc_bits(net, 2)
+    validate(net)
+    images = random_images(2, net, 3)
+    ref = reference_run(net, images, 3)
+    assert ref.spike_counts()[1] > 0
+    rtl = run_rtl(net, images, 3, build_dir=tmp_path, jobs=1)
+    assert_bit_exact(ref, rtl)
+    modelled = [c.cycles for c in CycleModel(net, 3).run(images, ref)]
+    # the model assumes results always ready; the testbench's back-pressure only adds cycles
+    assert all(0 <= r - m <= 3 for r, m in zip(rtl.cycles, modelled))
