@@ -1,7 +1,8 @@
 """The `spikeforge` command line: train, export, inspect, run, bitstream and the end-to-end demo.
 
 It sits on top of the three parts (sw, hw, sim) and imports each lazily, so that hardware commands never load
-torch and `--help` is instant.
+torch and `--help` is instant. Longer than 500 lines because every subcommand's options and their one-sentence
+refusals live here, next to the parser; the work itself is in the packages.
 """
 
 from __future__ import annotations
@@ -92,6 +93,37 @@ def _test_images(args, input_shape, trained_on: str | None):
     return images, labels
 
 
+def _input_images(path: str, net: netimage.Network, model: str):
+    """``--input``: a .npy file's [B, C, H, W] integer images that fit the network's input ([B, H, W] for one
+    channel), refused in one sentence otherwise."""
+    import numpy as np
+
+    top, shape = (1 << net.input.bits) - 1, tuple(int(n) for n in net.input.shape)
+    try:
+        images = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        raise CliError(f"--input {path} is not a readable .npy file ({(str(exc).splitlines() or [''])[0]}); write "
+                       f"the images with numpy.save") from None
+    if not isinstance(images, np.ndarray) or images.dtype.kind not in "ui":
+        raise CliError(f"--input {path} holds {getattr(images, 'dtype', 'no')} values, not integer pixels; save an "
+                       f"integer array (uint8 for 8-bit pixels)")
+    images = images[:, None] if images.ndim == 3 and shape[0] == 1 else images
+    if images.ndim != 4 or tuple(images.shape[1:]) != shape or images.shape[0] == 0:
+        raise CliError(f"--input {path} holds an array of shape {list(images.shape)}, but {model} takes images "
+                       f"[B, C, H, W] = [B, {', '.join(map(str, shape))}] with B at least 1")
+    if images.min() < 0 or images.max() > top:
+        raise CliError(f"--input {path} holds pixels outside 0..{top}, the range of the network's "
+                       f"{net.input.bits}-bit input")
+    return images
+
+
+def _outcome(args, prediction, labels, count: int) -> str:
+    """The accuracy on the test images or, with --input, which images ran."""
+    if labels is None:
+        return f"on {count} images from {args.input}"
+    return f"accuracy: {float((prediction == labels).mean()) * 100:.2f}% on {len(labels)} {args.dataset} test images"
+
+
 def _print_counts(net: netimage.Network, counts, images: int, time_steps: int) -> None:
     print(f"{'population':<12} {'neurons':>8} {'spikes':>10} {'per neuron-step':>16}")
     for pop, count in zip(net.populations, counts):
@@ -129,11 +161,19 @@ def cmd_run(args) -> int:
     if args.time_steps is not None and args.time_steps < 1:
         raise CliError(f"--time-steps {args.time_steps}: give a positive number of time steps, or leave the option "
                        f"out to use the network's own")
+    if args.input is not None and args.backend not in ("int", "rtl"):
+        raise CliError(f"--input works with --backend int and rtl, not {args.backend}; leave it out to run on the test "
+                       f"set (--dataset)")
     if args.backend == "torch":
         return _run_torch(args)
 
     net = _load_network(args.model)
-    images, labels = _test_images(args, net.input.shape, net.metadata.get("dataset"))
+    if args.input is not None:
+        images, labels = _input_images(args.input, net, args.model), None
+        if args.images is not None:
+            images = images[:args.images]
+    else:
+        images, labels = _test_images(args, net.input.shape, net.metadata.get("dataset"))
     T = args.time_steps or net.time_steps
     from spikeforge.sw import reference
 
@@ -141,10 +181,8 @@ def cmd_run(args) -> int:
     ref = reference.run(net, images, T)
     ref_s = time.perf_counter() - started
     if args.backend == "int":
-        accuracy = float((ref.prediction == labels).mean())
-        print(f"int (reference) accuracy: {accuracy * 100:.2f}% on {len(labels)} {args.dataset} test images, "
-              f"T={T}, {ref_s:.1f} s")
-        _print_counts(net, ref.spike_counts(), len(labels), T)
+        print(f"int (reference) {_outcome(args, ref.prediction, labels, len(images))}, T={T}, {ref_s:.1f} s")
+        _print_counts(net, ref.spike_counts(), len(images), T)
         return 0
 
     if args.backend == "fpga":
@@ -157,12 +195,11 @@ def cmd_run(args) -> int:
 
     lanes = _lanes(args, net, args.board)
     rtl = run_rtl(net, images, time_steps=T, build_dir=args.build_dir, waves=args.waves, lanes=lanes,
-                  simulator=args.simulator, jobs=args.jobs)
-    accuracy = float((rtl.prediction == labels).mean())
+                  simulator=args.simulator, jobs=args.jobs, seed=args.seed)
     cycles = list(rtl.cycles)
-    print(f"rtl ({SIMULATOR_NAMES[args.simulator]}) accuracy: {accuracy * 100:.2f}% on {len(labels)} {args.dataset} "
-          f"test images, T={T}, {rtl.wall_s:.1f} s ({rtl.sim_cycles / max(rtl.sim_s, 1e-9):,.0f} simulated cycles/s "
-          f"over {rtl.processes} process(es))")
+    print(f"rtl ({SIMULATOR_NAMES[args.simulator]}) {_outcome(args, rtl.prediction, labels, len(images))}, T={T}, "
+          f"{rtl.wall_s:.1f} s ({rtl.sim_cycles / max(rtl.sim_s, 1e-9):,.0f} simulated cycles/s over "
+          f"{rtl.processes} process(es))")
     print("lanes (" + args.board + "): " + ", ".join(f"{net.populations[p].name} {n}" for p, n in lanes.items()))
     print(f"cycles per image: mean {sum(cycles) / len(cycles):.0f}, min {min(cycles)}, max {max(cycles)}")
     predicted = [c.cycles for c in CycleModel(net, T, lanes=lanes).run(images, ref)]
@@ -170,12 +207,12 @@ def cmd_run(args) -> int:
     print(f"cycle model (spikeforge perf): mean {sum(predicted) / len(predicted):.0f}, largest difference from the "
           f"RTL {worst * 100:.2f}% ({sum(p == c for p, c in zip(predicted, cycles))} of {len(cycles)} images exact; "
           f"the testbench stalls the results stream at random, the model assumes it always ready)")
-    _print_counts(net, rtl.spike_counts(), len(labels), T)
+    _print_counts(net, rtl.spike_counts(), len(images), T)
     mismatch = first_mismatch(ref, rtl)
     if mismatch:
         print(f"RTL DIFFERS from the integer reference: {mismatch}")
         return 1
-    print(f"RTL bit-exact with the integer reference at T={T} on {len(labels)} images: every spike of every "
+    print(f"RTL bit-exact with the integer reference at T={T} on {len(images)} images: every spike of every "
           f"population at every step, and the readout potentials")
     return 0
 
@@ -374,8 +411,14 @@ def build_parser() -> argparse.ArgumentParser:
               f"dataset into, or its parent")
 
     p.add_argument("--images", type=int, help="use only the first N test images (default: all; rtl: 20)")
+    p.add_argument("--input", metavar="FILE.npy",
+                   help="int, rtl: run on the images of this .npy file ([B, C, H, W] integers) instead of a test set; "
+                        "no accuracy, the RTL is still compared with the reference (a regression case's replay)")
     p.add_argument("--time-steps", type=int, help="T (default: the network file's)")
     p.add_argument("--build-dir", help="rtl: folder for the Verilog and simulator build (default: a temp folder)")
+    p.add_argument("--seed", type=int, default=1,
+                   help="rtl: seed of the testbench's random gaps between pixels and back-pressure on the results "
+                        "(default 1; with --jobs, process k uses seed + k)")
     p.add_argument("--waves", action="store_true", help="rtl: dump a waveform file")
     p.add_argument("--simulator", choices=SIMULATORS, default="icarus",
                    help="rtl: the Verilog simulator (default: icarus; verilator builds for ~10-60 s, then runs "
@@ -463,7 +506,7 @@ def main(argv=None) -> int:
                 importlib.import_module(DELEGATED[argv[0]]).main(argv[1:])
                 return 0
             args = build_parser().parse_args(argv)
-            if getattr(args, "backend", None) == "rtl" and args.images is None:
+            if getattr(args, "backend", None) == "rtl" and args.images is None and args.input is None:
                 args.images = 20
             return args.func(args)
     except Exception as exc:
