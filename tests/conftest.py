@@ -39,7 +39,9 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     wall = time.time() - config.regress_started
     summary = summarize([r for shard in shards for r in shard["results"]])
     failures = [shard["failure"] for shard in shards if shard["failure"]]
-    summary.update(simulator=shards[0]["simulator"], shards=len(shards),
+    out_of_time = sum(1 for report in terminalreporter.stats.get("skipped", ())
+                      if "test_regress.py::test_regress[" in getattr(report, "nodeid", ""))
+    summary.update(simulator=shards[0]["simulator"], shards=len(shards), shards_skipped_for_time=out_of_time,
                    requested=sum(shard["examples"] for shard in shards), passed=summary["networks"],
                    failed=len(failures), failures=failures, wall_s=round(wall, 1),
                    networks_per_minute=round(summary["networks"] / wall * 60, 1))
@@ -52,7 +54,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
           f"{summary['requested']} requested, in {summary['simulator']}: {wall / 60:.1f} min, "
           f"{summary['networks_per_minute']} networks/min; RTL build + simulation "
           f"{summary['rtl_wall_s_per_network']} s per network, of which simulation "
-          f"{summary['rtl_sim_s_per_network']} s")
+          f"{summary['rtl_sim_s_per_network']} s" + (f"; {out_of_time} shards out of time" if out_of_time else ""))
     write("networks with: " + ", ".join(f"{k} {v}" for k, v in summary["with"].items()))
     write(f"populations {summary['populations']}, T {summary['time_steps']}, lif populations "
           f"{summary['lif_populations']}")

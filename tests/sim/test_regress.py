@@ -9,8 +9,8 @@ command.txt: the `spikeforge run ... --input` line that reruns it) under build/r
 
 `make test` runs FAST_EXAMPLES networks in Icarus and the failure path with a mismatch injected on purpose.
 `make regress N=...` runs N networks in Verilator (quick builds), SHARD per test across the cores (pytest-xdist),
-each shard a hypothesis run with its own seed; tests/conftest.py prints the summary and writes
-build/regress/summary.json.
+each shard a hypothesis run with its own seed (MINUTES=... skips the shards that would start later than that);
+tests/conftest.py prints the summary and writes build/regress/summary.json.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import os
 import shlex
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +40,8 @@ FAILURES = REGRESS / "failures"
 N = int(os.environ.get("SPIKEFORGE_REGRESS_N", "200"))
 BASE_SEED = int(os.environ.get("SPIKEFORGE_REGRESS_SEED", "0"))
 SIMULATOR = os.environ.get("SPIKEFORGE_REGRESS_SIM", "verilator")
+# `make regress MINUTES=...`: shards that would start after this time (seconds since the epoch) are skipped
+DEADLINE = float(os.environ.get("SPIKEFORGE_REGRESS_DEADLINE", "inf"))
 SHARD = 10
 FAST_EXAMPLES = 6
 
@@ -124,6 +127,8 @@ def regress(seed_value: int, examples: int, *, simulator: str, build_root: Path,
 @pytest.mark.regress
 @pytest.mark.parametrize("shard", range(-(-N // SHARD)))
 def test_regress(shard, testrun_uid, worker_id, record_property):
+    if time.time() > DEADLINE:
+        pytest.skip("the regression's time (MINUTES) ran out before this shard")
     examples = min(SHARD, N - shard * SHARD)
     seen = REGRESS / "runs" / testrun_uid / "seen"
     seen.mkdir(parents=True, exist_ok=True)
