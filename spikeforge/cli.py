@@ -1,7 +1,8 @@
 """The `spikeforge` command line: train, export, inspect, run, bitstream and the end-to-end demo.
 
 It sits on top of the three parts (sw, hw, sim) and imports each lazily, so that hardware commands never load
-torch and `--help` is instant.
+torch and `--help` is instant. Longer than 500 lines because every subcommand's options and their one-sentence
+refusals live here, next to the parser; the work itself is in the packages.
 """
 
 from __future__ import annotations
@@ -93,6 +94,37 @@ def _test_images(args, input_shape, trained_on: str | None):
     return images, labels
 
 
+def _input_images(path: str, net: netimage.Network, model: str):
+    """``--input``: a .npy file's [B, C, H, W] integer images that fit the network's input ([B, H, W] for one
+    channel), refused in one sentence otherwise."""
+    import numpy as np
+
+    top, shape = (1 << net.input.bits) - 1, tuple(int(n) for n in net.input.shape)
+    try:
+        images = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        raise CliError(f"--input {path} is not a readable .npy file ({(str(exc).splitlines() or [''])[0]}); write "
+                       f"the images with numpy.save") from None
+    if not isinstance(images, np.ndarray) or images.dtype.kind not in "ui":
+        raise CliError(f"--input {path} holds {getattr(images, 'dtype', 'no')} values, not integer pixels; save an "
+                       f"integer array (uint8 for 8-bit pixels)")
+    images = images[:, None] if images.ndim == 3 and shape[0] == 1 else images
+    if images.ndim != 4 or tuple(images.shape[1:]) != shape or images.shape[0] == 0:
+        raise CliError(f"--input {path} holds an array of shape {list(images.shape)}, but {model} takes images "
+                       f"[B, C, H, W] = [B, {', '.join(map(str, shape))}] with B at least 1")
+    if images.min() < 0 or images.max() > top:
+        raise CliError(f"--input {path} holds pixels outside 0..{top}, the range of the network's "
+                       f"{net.input.bits}-bit input")
+    return images
+
+
+def _outcome(args, prediction, labels, count: int) -> str:
+    """The accuracy on the test images or, with --input, which images ran."""
+    if labels is None:
+        return f"on {count} images from {args.input}"
+    return f"accuracy: {float((prediction == labels).mean()) * 100:.2f}% on {len(labels)} {args.dataset} test images"
+
+
 def _print_counts(net: netimage.Network, counts, images: int, time_steps: int) -> None:
     print(f"{'population':<12} {'neurons':>8} {'spikes':>10} {'per neuron-step':>16}")
     for pop, count in zip(net.populations, counts):
@@ -130,11 +162,19 @@ def cmd_run(args) -> int:
     if args.time_steps is not None and args.time_steps < 1:
         raise CliError(f"--time-steps {args.time_steps}: give a positive number of time steps, or leave the option "
                        f"out to use the network's own")
+    if args.input is not None and args.backend not in ("int", "rtl"):
+        raise CliError(f"--input works with --backend int and rtl, not {args.backend}; leave it out to run on the test "
+                       f"set (--dataset)")
     if args.backend == "torch":
         return _run_torch(args)
 
     net = _load_network(args.model)
-    images, labels = _test_images(args, net.input.shape, net.metadata.get("dataset"))
+    if args.input is not None:
+        images, labels = _input_images(args.input, net, args.model), None
+        if args.images is not None:
+            images = images[:args.images]
+    else:
+        images, labels = _test_images(args, net.input.shape, net.metadata.get("dataset"))
     T = args.time_steps or net.time_steps
     if args.backend == "rtl":
         return _run_rtl(args, net, images, labels, T)
@@ -144,17 +184,14 @@ def cmd_run(args) -> int:
     ref = reference.run(net, images, T)
     ref_s = time.perf_counter() - started
     if args.backend == "int":
-        accuracy = float((ref.prediction == labels).mean())
-        print(f"int (reference) accuracy: {accuracy * 100:.2f}% on {len(labels)} {args.dataset} test images, "
-              f"T={T}, {ref_s:.1f} s")
-        _print_counts(net, ref.spike_counts(), len(labels), T)
+        print(f"int (reference) {_outcome(args, ref.prediction, labels, len(images))}, T={T}, {ref_s:.1f} s")
+        _print_counts(net, ref.spike_counts(), len(images), T)
         return 0
 
     if args.backend == "fpga":
         return _run_fpga(args, net, images, labels, ref)
 
     raise AssertionError(f"unknown backend {args.backend}")  # argparse's choices stop it first
-
 
 
 def _run_rtl(args, net, images, labels, T: int) -> int:
@@ -175,7 +212,7 @@ def _run_rtl(args, net, images, labels, T: int) -> int:
 
     def simulate(chunk, start):
         return run_rtl(net, chunk, time_steps=T, build_dir=build_dir, waves=args.waves, lanes=lanes,
-                       simulator=args.simulator, jobs=args.jobs, seed=1 + start, progress=False)
+                       simulator=args.simulator, jobs=args.jobs, seed=args.seed + start, progress=False)
 
     def model(ref, rtl, start):  # the cycle model next to the RTL, on the first CYCLE_MODEL_IMAGES images
         keep = max(0, min(len(rtl.cycles), CYCLE_MODEL_IMAGES - start))
@@ -192,10 +229,10 @@ def _run_rtl(args, net, images, labels, T: int) -> int:
 
             shutil.rmtree(build_dir, ignore_errors=True)
     n = out.images
-    accuracy = float((np.asarray(out.predictions) == labels[:n]).mean())
     cycles = out.cycles
-    print(f"rtl ({SIMULATOR_NAMES[args.simulator]}) accuracy: {accuracy * 100:.2f}% on {n} {args.dataset} test "
-          f"images, T={T}, {out.wall_s:.1f} s, {out.images_per_second:.1f} images/s "
+    outcome = _outcome(args, np.asarray(out.predictions), None if labels is None else labels[:n], n)
+    print(f"rtl ({SIMULATOR_NAMES[args.simulator]}) {outcome}, T={T}, {out.wall_s:.1f} s, "
+          f"{out.images_per_second:.1f} images/s "
           f"({out.cycles_per_second:,.0f} simulated cycles/s over {out.processes} process(es))")
     print("lanes (" + args.board + "): " + ", ".join(f"{net.populations[p].name} {k}" for p, k in lanes.items()))
     print(f"cycles per image: mean {sum(cycles) / len(cycles):.0f}, min {min(cycles)}, max {max(cycles)}")
@@ -212,6 +249,7 @@ def _run_rtl(args, net, images, labels, T: int) -> int:
     print(f"RTL bit-exact with the integer reference at T={T} on {n} images: every spike of every population at "
           f"every step, and the readout potentials")
     return 0
+
 
 def _run_torch(args) -> int:
     """The trained PyTorch (QAT) model of a checkpoint on the test images."""
@@ -407,8 +445,14 @@ def build_parser() -> argparse.ArgumentParser:
               f"dataset into, or its parent")
 
     p.add_argument("--images", type=int, help="use only the first N test images (default: all; rtl: 20)")
+    p.add_argument("--input", metavar="FILE.npy",
+                   help="int, rtl: run on the images of this .npy file ([B, C, H, W] integers) instead of a test set; "
+                        "no accuracy, the RTL is still compared with the reference (a regression case's replay)")
     p.add_argument("--time-steps", type=int, help="T (default: the network file's)")
     p.add_argument("--build-dir", help="rtl: folder for the Verilog and simulator build (default: a temp folder)")
+    p.add_argument("--seed", type=int, default=1,
+                   help="rtl: seed of the testbench's random gaps between pixels and back-pressure on the results "
+                        "(default 1; with --jobs, process k uses seed + k)")
     p.add_argument("--waves", action="store_true", help="rtl: dump a waveform file")
     p.add_argument("--simulator", choices=SIMULATORS, default="icarus",
                    help="rtl: the Verilog simulator (default: icarus; verilator builds for ~10-60 s, then runs "
@@ -499,7 +543,7 @@ def main(argv=None) -> int:
                 importlib.import_module(DELEGATED[argv[0]]).main(argv[1:])
                 return 0
             args = build_parser().parse_args(argv)
-            if getattr(args, "backend", None) == "rtl" and args.images is None:
+            if getattr(args, "backend", None) == "rtl" and args.images is None and args.input is None:
                 args.images = 20
             return args.func(args)
     except Exception as exc:

@@ -14,7 +14,8 @@ from spikeforge.testing import random_network
     ("train", ["--dataset", "--preset", "--out", "--surrogate-width", "--arch", "--epochs-float"]),
     ("export", ["checkpoint", "--output", "--max-acc-bits"]),
     ("inspect", ["network"]),
-    ("run", ["--backend", "{torch,int,rtl,fpga}", "--images", "--waves", "--port", "--simulator", "{icarus,verilator}"]),
+    ("run", ["--backend", "{torch,int,rtl,fpga}", "--images", "--waves", "--port", "--simulator", "{icarus,verilator}",
+             "--input", "--seed"]),
     ("bitstream", ["--board", "{icebreaker,ulx3s-85f}", "--lanes", "--clock"]),
     ("perf", ["--board", "--lanes", "--clock", "--images", "--json"]),
     ("demo", ["--rtl-images", "--board"]),
@@ -155,6 +156,34 @@ def test_run_checks_the_images_it_loaded_too(tmp_path, capsys):
 def test_run_refuses_bad_options_in_one_sentence(tmp_path, capsys, args, expected):
     path = save_network(tmp_path, (1, 28, 28) if "cifar10" not in args else (3, 32, 32))
     one_sentence(capsys, cli.main(["run", path, *args]), expected)
+
+
+@pytest.mark.parametrize("write, expected", [
+    (None, "is not a readable .npy file"),
+    (lambda path: path.write_text("pixels"), "is not a readable .npy file"),
+    (lambda path: np.save(path, np.zeros((2, 1, 28, 28), np.float32)), "holds float32 values, not integer pixels"),
+    (lambda path: np.save(path, np.zeros((2, 3, 28, 28), np.uint8)),
+     "holds an array of shape [2, 3, 28, 28], but"),
+    (lambda path: np.save(path, np.zeros((0, 1, 28, 28), np.uint8)), "[B, C, H, W] = [B, 1, 28, 28] with B at least 1"),
+    (lambda path: np.save(path, np.full((1, 1, 28, 28), 256, np.uint16)), "holds pixels outside 0..255, the range of"),
+])
+def test_run_refuses_a_bad_input_file_in_one_sentence(tmp_path, capsys, write, expected):
+    path, images = save_network(tmp_path, (1, 28, 28)), tmp_path / "images.npy"
+    if write:
+        write(images)
+    one_sentence(capsys, cli.main(["run", path, "--backend", "rtl", "--input", str(images)]), expected, images)
+
+
+def test_run_on_an_input_file(tmp_path, capsys):
+    """--input: the images of a .npy file ([B, H, W] for one channel), no labels, no accuracy; --images takes the
+    first N; the board backends refuse it."""
+    path, images = save_network(tmp_path, (1, 28, 28)), tmp_path / "images.npy"
+    np.save(images, np.random.default_rng(0).integers(0, 256, (3, 28, 28)).astype(np.uint8))
+    assert cli.main(["run", path, "--input", str(images), "--images", "2"]) == 0
+    out = capsys.readouterr().out
+    assert f"int (reference) on 2 images from {images}, T=2" in out and "accuracy" not in out
+    one_sentence(capsys, cli.main(["run", path, "--backend", "fpga", "--input", str(images)]),
+                 "--input works with --backend int and rtl, not fpga")
 
 
 def test_demo_refuses_no_rtl_images_before_training(tmp_path, capsys):
