@@ -19,9 +19,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from spikeforge import netimage
+from spikeforge import cli, netimage
 from spikeforge.hw.lanes import plan_lanes
 from spikeforge.record import SpikeRecord, first_cycle_mismatch
+from spikeforge.sim import gate as gate_module
 from spikeforge.sim.cell_models import cell_library
 from spikeforge.sim.gate import GateSimError, compare, run_gate, synthesis_script
 from spikeforge.sim.rtl import run_rtl
@@ -64,6 +65,21 @@ def test_ice40_netlist_matches_the_reference_and_the_rtl(ice40_run):
     cells = gate.netlist.cells
     assert cells.get("SB_SPRAM256KA", 0) >= 1 and cells["SB_LUT4"] > 100 and cells["SB_CARRY"] > 0
     assert all(cell.startswith("SB_") for cell in cells), cells
+
+
+def test_the_cli_compares_the_netlist_with_reference_and_rtl(ice40_run, tmp_path, capsys):
+    net, _, _, _, _, root = ice40_run
+    path = netimage.save(net, tmp_path / "tiny.sfnet")
+    status = cli.main(["run", str(path), "--backend", "gate", "--images", "2", "--jobs", "1",
+                       "--build-dir", str(root)])
+    out = capsys.readouterr().out
+    assert status == 0, out
+    assert "synthesis reused from the build folder" in out  # the fixture's netlist: same design, same flow
+    for line in ("spikes and readout vs the reference: equal", "spikes and readout vs the RTL: equal",
+                 "cycles per image vs the RTL: equal"):
+        assert line in out, out
+    assert re.search(r"gate \(iCE40\) accuracy: [\d.]+% on 2 mnist test images, [\d.]+ s, [\d,]+ simulated cycles/s",
+                     out), out
 
 
 def test_a_corrupted_netlist_is_caught_and_named(ice40_run, tmp_path):
@@ -118,6 +134,7 @@ def test_bad_board_and_flow_are_one_sentence(tmp_path):
         run_gate(net, random_images(1, net, 1), 1, "nope", tmp_path)
     with pytest.raises(GateSimError, match=r"^unknown synthesis flow 'fast'; choose one of default, abc$"):
         synthesis_script("icebreaker", "fast")
+    assert cli.SYNTH_FLOWS == gate_module.SYNTH_FLOWS
 
 
 def test_the_bitstream_flow_is_the_default():
