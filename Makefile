@@ -22,8 +22,10 @@ NET ?= $(firstword $(wildcard $(BUILD)/demo/network.sfnet) tests/data/demo-mnist
 IMAGES ?= 20
 SIM ?= icarus
 BOARD ?= icebreaker
+# test images `make gate` runs through the board's synthesized netlist
+GATE_IMAGES ?= 5
 
-.PHONY: setup demo test test-slow regress train sim sim-full bitstream clean
+.PHONY: setup demo test test-slow regress train sim sim-full gate bitstream clean
 
 setup: $(STAMP)
 
@@ -72,6 +74,11 @@ sim: setup
 sim-full: setup
 	$(BIN)/spikeforge run $(NET) --backend rtl --dataset $(DATASET) --images 10000 --simulator verilator \
 	  --board $(BOARD) $(if $(LANES),--lanes $(LANES)) --build-dir $(BUILD)/sim-full
+
+# the board's synthesized netlist in Icarus, against the reference and the RTL (docs/hardware-flow.md)
+gate: setup
+	$(BIN)/spikeforge run $(NET) --backend gate --board $(BOARD) --dataset $(DATASET) --images $(GATE_IMAGES) \
+	  --simulator $(SIM) --build-dir $(BUILD)/gate
 
 bitstream: setup
 	$(BIN)/spikeforge bitstream $(NET) --board $(BOARD) --out $(BUILD)/bitstream $(if $(CLOCK),--clock $(CLOCK))

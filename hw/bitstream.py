@@ -22,7 +22,8 @@ from pathlib import Path
 from spikeforge.netimage import Network
 
 __all__ = ["build", "BuildReport", "BitstreamError", "BOARDS", "TOOL_ENV", "parse_nextpnr_log",
-           "memory_precheck", "REPORT_FILE", "paths_through_constant_clocks", "timing_failure_sentence"]
+           "memory_precheck", "REPORT_FILE", "board_platform", "paths_through_constant_clocks",
+           "timing_failure_sentence"]
 
 REPORT_FILE = "report.json"
 
@@ -243,7 +244,8 @@ def memory_precheck(net: Network, board: str, lanes=None) -> int:
 # --- the build ---------------------------------------------------------------------------------------------
 
 
-def _platform(board: str):
+def board_platform(board: str):
+    """The amaranth-boards platform of ``board`` (a key of BOARDS); BitstreamError for another name."""
     if board == "icebreaker":
         from amaranth_boards.icebreaker import ICEBreakerPlatform
 
@@ -323,7 +325,7 @@ def build(net: Network, board: str = "icebreaker", out_dir: str | Path = "build/
         raise BitstreamError(f"unknown board {board!r}; choose one of {', '.join(BOARDS)}")
     spec = BOARDS[board]
     requested = spec.default_clock_mhz if clock_mhz is None else float(clock_mhz)
-    platform = _platform(board)
+    platform = board_platform(board)
     chosen = plan_lanes(net, board) if lanes is None else choose_lanes(net, lanes)
     top = BoardTop(net, time_steps, baudrate=baudrate, clock_mhz=requested,
                    accelerator=lambda n, t: Accelerator(n, t, lanes=chosen))

@@ -26,6 +26,7 @@ import numpy as np
 from spikeforge.netimage import Network
 from spikeforge.record import SpikeRecord
 
+from .batch import check_images, chunk_images, merge_chunks
 from .harness import (HARNESS, STOP_CODES, TOPLEVEL, X_PORTS, generate_harness, lif_populations, read_trace,
                       write_pixels)
 
@@ -187,17 +188,8 @@ def run_rtl(net: Network, images, time_steps: int | None = None, build_dir: str 
     """
     started = time.perf_counter()
     T = net.time_steps if time_steps is None else int(time_steps)
-    imgs = np.asarray(images)
-    if imgs.ndim == 3:
-        imgs = imgs[:, None]
-    if tuple(imgs.shape[1:]) != tuple(net.input.shape):
-        raise ValueError(f"images of shape {list(imgs.shape[1:])} do not fit the network's input "
-                         f"{list(net.input.shape)}")
-    if imgs.size and (imgs.min() < 0 or imgs.max() > (1 << net.input.bits) - 1):
-        raise ValueError(f"input pixels must be integers in 0..{(1 << net.input.bits) - 1}")
+    imgs = check_images(net, images, "run_rtl")
     B = imgs.shape[0]
-    if B == 0:
-        raise ValueError("run_rtl needs at least one image")
     if simulator not in SIMULATORS:
         raise ValueError(f"unknown simulator {simulator!r}: use one of {', '.join(SIMULATORS)}")
     if simulator == "verilator":
@@ -223,10 +215,7 @@ def run_rtl(net: Network, images, time_steps: int | None = None, build_dir: str 
         harness = generate_harness(net, work)
         quick = quick_build and simulator == "verilator"
         sim_build = work / f"{simulator}{'_quick' if quick else ''}_build{'_waves' if waves else ''}"
-        if jobs is None:
-            jobs = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        jobs = 1 if waves else max(1, min(int(jobs), B))
-        chunks = [c for c in np.array_split(np.arange(B), jobs) if c.size]
+        chunks = chunk_images(B, jobs, waves)
         runners = build_runners(simulator, [verilog_path, harness], sim_build, len(chunks), waves=waves, quick=quick,
                                 runtime_cache=None if temporary or not quick else root)
         sim_started = time.perf_counter()
@@ -239,13 +228,7 @@ def run_rtl(net: Network, images, time_steps: int | None = None, build_dir: str 
             if isinstance(part, str):
                 where = f"; waves: {wave_path}" if wave_path else "; rerun with waves=True for a waveform"
                 raise RtlSimError(f"RTL simulation of {B} image(s) at T={T} failed: {part}{where}")
-        result = SpikeRecord(
-            spikes=[None if parts[0].spikes[p] is None else np.concatenate([r.spikes[p] for r in parts], axis=1)
-                    for p in range(len(net.populations))],
-            readout=np.concatenate([r.readout for r in parts]), source=SOURCE,
-            population_names=[pop.name for pop in net.populations], cycles=[c for r in parts for c in r.cycles],
-            sim_cycles=sum(r.sim_cycles for r in parts), sim_s=sim_s,
-            step_ends=np.concatenate([r.step_ends for r in parts]))
+        result = merge_chunks(net, parts, SOURCE, sim_s)
         result.waves = wave_path
         result.simulator, result.processes = simulator, len(chunks)
         result.build_dir = None if temporary and not waves else work  # a temporary folder is kept for its waves

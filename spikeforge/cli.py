@@ -19,9 +19,13 @@ from spikeforge.allocator import malloc_cache, use_huge_pages
 # what spikeforge.sw.data.load_dataset reads (a test keeps the two equal; importing it here would slow --help)
 DATASETS = ("mnist", "fashion-mnist", "cifar10", "cifar100", "imagenette")
 EMBEDDED_DATASETS = ("mnist", "fashion-mnist")  # installed with spikeforge: no --data-dir needed
-BACKENDS = ("torch", "int", "rtl", "fpga")
+BACKENDS = ("torch", "int", "rtl", "fpga", "gate")
 SIMULATORS = ("icarus", "verilator")
 SIMULATOR_NAMES = {"icarus": "Icarus", "verilator": "Verilator"}
+# spikeforge.sim.gate.SYNTH_FLOWS (a test keeps the two equal)
+SYNTH_FLOWS = ("default", "abc")
+# test images the simulating backends run when --images is not given
+DEFAULT_IMAGES = {"rtl": 20, "gate": 5}
 BOARDS = ("icebreaker", "ulx3s-85f")
 # spikeforge.hw.bitstream.BOARDS[b].default_clock_mhz (a test keeps the two equal; importing it here would slow --help)
 CYCLE_MODEL_IMAGES = 200  # rtl: images the cycle model is compared on (it runs at 10-20 images/s)
@@ -162,9 +166,9 @@ def cmd_run(args) -> int:
     if args.time_steps is not None and args.time_steps < 1:
         raise CliError(f"--time-steps {args.time_steps}: give a positive number of time steps, or leave the option "
                        f"out to use the network's own")
-    if args.input is not None and args.backend not in ("int", "rtl"):
-        raise CliError(f"--input works with --backend int and rtl, not {args.backend}; leave it out to run on the test "
-                       f"set (--dataset)")
+    if args.input is not None and args.backend not in ("int", "rtl", "gate"):
+        raise CliError(f"--input works with --backend int, rtl and gate, not {args.backend}; leave it out to run on "
+                       f"the test set (--dataset)")
     if args.backend == "torch":
         return _run_torch(args)
 
@@ -190,6 +194,8 @@ def cmd_run(args) -> int:
 
     if args.backend == "fpga":
         return _run_fpga(args, net, images, labels, ref)
+    if args.backend == "gate":
+        return _run_gate(args, net, images, labels, ref, T, ref_s)
 
     raise AssertionError(f"unknown backend {args.backend}")  # argparse's choices stop it first
 
@@ -249,6 +255,40 @@ def _run_rtl(args, net, images, labels, T: int) -> int:
     print(f"RTL bit-exact with the integer reference at T={T} on {n} images: every spike of every population at "
           f"every step, and the readout potentials")
     return 0
+
+
+def _run_gate(args, net, images, labels, ref, T: int, ref_s: float) -> int:
+    """``run --backend gate``: the board's synthesized netlist in Icarus, checked against the reference (spikes,
+    readout) and against the RTL under the same stimulus (spikes, readout, cycles per image)."""
+    from spikeforge.sim.gate import compare, run_gate
+    from spikeforge.sim.rtl import run_rtl
+
+    lanes = _lanes(args, net, args.board)
+    count = len(images)
+    print(f"reference: {count} images, T={T}, {ref_s:.1f} s")
+    print("lanes (" + args.board + "): " + ", ".join(f"{net.populations[p].name} {n}" for p, n in lanes.items()))
+    rtl = run_rtl(net, images, time_steps=T, build_dir=args.build_dir, waves=args.waves, lanes=lanes,
+                  simulator=args.simulator, jobs=args.jobs, seed=args.seed)
+    print(f"rtl ({SIMULATOR_NAMES[args.simulator]}): {rtl.wall_s:.1f} s, {rtl.cycles_per_second:,.0f} simulated "
+          f"cycles/s over {rtl.processes} process(es)")
+    # a correct netlist takes the RTL's cycles: a stuck one is stopped long before run_rtl's generous watchdog
+    gate = run_gate(net, images, T, args.board, args.build_dir, lanes=lanes, jobs=args.jobs, seed=args.seed,
+                    synth=args.synth, waves=args.waves, watchdog=2 * max(rtl.cycles) + 1000)
+    netlist = gate.netlist
+    synthesis = "reused from the build folder" if netlist.cached else f"{netlist.synth_s:.1f} s"
+    print(f"{gate.source} netlist: {netlist.flow}, synthesis {synthesis}; {netlist.cells_text()}")
+    print(f"{gate.source} {_outcome(args, gate.prediction, labels, count)}, {gate.wall_s:.1f} s, "
+          f"{gate.cycles_per_second:,.0f} simulated cycles/s over {gate.processes} process(es) (Icarus)")
+    cycles = list(gate.cycles)
+    detail = {"spikes and readout vs the reference": f" (every spike of every population at every step and the "
+                                                     f"readout potentials of all {count} images)",
+              "cycles per image vs the RTL": f" (mean {sum(cycles) / count:,.0f}, min {min(cycles):,}, max "
+                                             f"{max(cycles):,})"}
+    failed = False
+    for what, mismatch in compare(ref, rtl, gate, net):
+        print(f"{what}: " + (f"DIFFER: {mismatch}" if mismatch else "equal" + detail.get(what, "")))
+        failed = failed or mismatch is not None
+    return 1 if failed else 0
 
 
 def _run_torch(args) -> int:
@@ -436,36 +476,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_inspect)
 
     p = sub.add_parser("run", help="run test images through the trained model (torch), the integer reference "
-                                   "(int), the generated Verilog in Icarus (rtl) or a board over UART (fpga)")
-    p.add_argument("model", help="network file (.sfnet) for int, rtl and fpga; checkpoint (.pt) for torch")
+                                   "(int), the generated Verilog in Icarus (rtl), a board over UART (fpga) or the "
+                                   "board's synthesized netlist with the vendor cell models (gate)")
+    p.add_argument("model", help="network file (.sfnet) for int, rtl, gate and fpga; checkpoint (.pt) for torch")
     p.add_argument("--backend", choices=BACKENDS, default="int")
     data_args(p, DATASETS, "the test set (default: mnist); cifar10, cifar100 and imagenette are read from "
                            "--data-dir (see docs/datasets.md)",
               f"mnist, fashion-mnist: {idx_dir_help}; cifar10, cifar100, imagenette: the folder you unpacked the "
               f"dataset into, or its parent")
 
-    p.add_argument("--images", type=int, help="use only the first N test images (default: all; rtl: 20)")
+    p.add_argument("--images", type=int, help="use only the first N test images (default: all; rtl: 20; gate: 5)")
     p.add_argument("--input", metavar="FILE.npy",
-                   help="int, rtl: run on the images of this .npy file ([B, C, H, W] integers) instead of a test set; "
-                        "no accuracy, the RTL is still compared with the reference (a regression case's replay)")
+                   help="int, rtl, gate: run on the images of this .npy file ([B, C, H, W] integers) instead of a test "
+                        "set; no accuracy, the RTL is still compared with the reference (a regression case's replay)")
     p.add_argument("--time-steps", type=int, help="T (default: the network file's)")
-    p.add_argument("--build-dir", help="rtl: folder for the Verilog and simulator build (default: a temp folder)")
+    p.add_argument("--build-dir", help="rtl, gate: folder for the Verilog, the netlist (reused while the design is "
+                                       "unchanged) and the simulator build (default: a temp folder)")
     p.add_argument("--seed", type=int, default=1,
-                   help="rtl: seed of the testbench's random gaps between pixels and back-pressure on the results "
-                        "(default 1; with --jobs, process k uses seed + k)")
-    p.add_argument("--waves", action="store_true", help="rtl: dump a waveform file")
+                   help="rtl, gate: seed of the testbench's random gaps between pixels and back-pressure on the "
+                        "results (default 1; with --jobs, process k uses seed + k)")
+    p.add_argument("--waves", action="store_true", help="rtl, gate: dump a waveform file")
     p.add_argument("--simulator", choices=SIMULATORS, default="icarus",
-                   help="rtl: the Verilog simulator (default: icarus; verilator builds for ~10-60 s, then runs "
-                        "many times faster: use it for hundreds of images)")
-    p.add_argument("--jobs", type=int, help="rtl: simulator processes (default: one per core)")
+                   help="rtl (and gate's RTL run): the Verilog simulator (default: icarus; verilator builds for "
+                        "~10-60 s, then runs many times faster: use it for hundreds of images)")
+    p.add_argument("--synth", choices=SYNTH_FLOWS, default="default",
+                   help="gate: the Yosys flow (default: the bitstream's synth_ice40 -dsp / synth_ecp5; abc: LUTs "
+                        "mapped by the classic abc pass, for designs where Yosys 0.70's ABC9 fails)")
+    p.add_argument("--jobs", type=int, help="rtl, gate: simulator processes (default: one per core)")
     p.add_argument("--batch", type=int, default=1000,
                    help="rtl: images per simulation; each batch is compared and dropped, which bounds memory "
                         "(default 1000)")
     p.add_argument("--port", default="/dev/ttyUSB1", help="fpga: the board's serial port (default /dev/ttyUSB1)")
     p.add_argument("--baudrate", type=int, default=115200, help="fpga: must match the bitstream (default 115200)")
-    p.add_argument("--lanes", default="auto", help="rtl: " + LANES_HELP)
+    p.add_argument("--lanes", default="auto", help="rtl, gate: " + LANES_HELP)
     p.add_argument("--board", choices=BOARDS, default="icebreaker",
-                   help="rtl: simulate the design with this board's lane plan (default: icebreaker)")
+                   help="rtl: simulate the design with this board's lane plan; gate: also synthesize it for this "
+                        "board's FPGA (default: icebreaker)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("perf", help="predict cycles, latency and throughput per image on a board from the cycle "
@@ -543,8 +589,8 @@ def main(argv=None) -> int:
                 importlib.import_module(DELEGATED[argv[0]]).main(argv[1:])
                 return 0
             args = build_parser().parse_args(argv)
-            if getattr(args, "backend", None) == "rtl" and args.images is None and args.input is None:
-                args.images = 20
+            if getattr(args, "backend", None) in DEFAULT_IMAGES and args.images is None and args.input is None:
+                args.images = DEFAULT_IMAGES[args.backend]
             return args.func(args)
     except Exception as exc:
         # Every error class defined in spikeforge carries one user-facing sentence (a bad file, a missing

@@ -15,7 +15,7 @@ import numpy as np
 
 from spikeforge.netimage import Network
 
-__all__ = ["SpikeRecord", "Mismatch", "first_mismatch", "assert_bit_exact"]
+__all__ = ["SpikeRecord", "Mismatch", "first_mismatch", "first_cycle_mismatch", "assert_bit_exact"]
 
 
 @dataclass
@@ -134,6 +134,23 @@ def first_mismatch(expected: SpikeRecord, actual: SpikeRecord, net: Network | No
                     f"{_neuron(ref_readout.shape[1:], k)}: V = {a[k]} in the {want}, {b[k]} in the {got} "
                     f"({diff.size} readout neuron(s) differ){suffix}")
     return None
+
+
+def first_cycle_mismatch(expected: SpikeRecord, actual: SpikeRecord) -> str | None:
+    """None when both hardware records took the same ``cycles`` on every image, else one sentence naming the first
+    image that differs. Only two runs of the same design under the same stimulus (testbench seed and image
+    chunks) can be compared this way: the RTL and a netlist of it."""
+    want, got = expected.source, actual.source
+    if expected.cycles is None or actual.cycles is None:
+        return f"the {want if expected.cycles is None else got} recorded no cycles"
+    if len(expected.cycles) != len(actual.cycles):
+        return f"the {want} recorded cycles of {len(expected.cycles)} images, the {got} of {len(actual.cycles)}"
+    differ = [b for b, (a, c) in enumerate(zip(expected.cycles, actual.cycles)) if a != c]
+    if not differ:
+        return None
+    b = differ[0]
+    return (f"image {b}: {expected.cycles[b]} cycles in the {want}, {actual.cycles[b]} in the {got} "
+            f"({len(differ)} of {len(expected.cycles)} images differ)")
 
 
 def assert_bit_exact(expected: SpikeRecord, actual: SpikeRecord, net: Network | None = None) -> None:

@@ -14,8 +14,8 @@ from spikeforge.testing import random_network
     ("train", ["--dataset", "--preset", "--out", "--surrogate-width", "--arch", "--epochs-float"]),
     ("export", ["checkpoint", "--output", "--max-acc-bits"]),
     ("inspect", ["network"]),
-    ("run", ["--backend", "{torch,int,rtl,fpga}", "--images", "--waves", "--port", "--simulator", "{icarus,verilator}",
-             "--input", "--seed"]),
+    ("run", ["--backend", "{torch,int,rtl,fpga,gate}", "--images", "--waves", "--port", "--simulator",
+             "{icarus,verilator}", "--input", "--seed", "--synth", "{default,abc}"]),
     ("bitstream", ["--board", "{icebreaker,ulx3s-85f}", "--lanes", "--clock"]),
     ("perf", ["--board", "--lanes", "--clock", "--images", "--json"]),
     ("demo", ["--rtl-images", "--board"]),
@@ -183,7 +183,7 @@ def test_run_on_an_input_file(tmp_path, capsys):
     out = capsys.readouterr().out
     assert f"int (reference) on 2 images from {images}, T=2" in out and "accuracy" not in out
     one_sentence(capsys, cli.main(["run", path, "--backend", "fpga", "--input", str(images)]),
-                 "--input works with --backend int and rtl, not fpga")
+                 "--input works with --backend int, rtl and gate, not fpga")
 
 
 def test_demo_refuses_no_rtl_images_before_training(tmp_path, capsys):
