@@ -265,7 +265,7 @@ def _run_gate(args, net, images, labels, ref, T: int, ref_s: float) -> int:
 
     lanes = _lanes(args, net, args.board)
     count = len(images)
-    print(f"reference: {count} images, T={T}, {ref_s:.1f} s")
+    print(f"reference: T={T}, {count} image(s), {ref_s:.1f} s")
     print("lanes (" + args.board + "): " + ", ".join(f"{net.populations[p].name} {n}" for p, n in lanes.items()))
     rtl = run_rtl(net, images, time_steps=T, build_dir=args.build_dir, waves=args.waves, lanes=lanes,
                   simulator=args.simulator, jobs=args.jobs, seed=args.seed)
@@ -281,7 +281,7 @@ def _run_gate(args, net, images, labels, ref, T: int, ref_s: float) -> int:
           f"{gate.cycles_per_second:,.0f} simulated cycles/s over {gate.processes} process(es) (Icarus)")
     cycles = list(gate.cycles)
     detail = {"spikes and readout vs the reference": f" (every spike of every population at every step and the "
-                                                     f"readout potentials of all {count} images)",
+                                                     f"readout potentials, {count} image(s))",
               "cycles per image vs the RTL": f" (mean {sum(cycles) / count:,.0f}, min {min(cycles):,}, max "
                                              f"{max(cycles):,})"}
     failed = False

@@ -82,8 +82,9 @@ def test_the_cli_compares_the_netlist_with_reference_and_rtl(ice40_run, tmp_path
                      out), out
 
 
-def test_a_corrupted_netlist_is_caught_and_named(ice40_run, tmp_path):
-    """Bit 0 of layer 1's spike index stuck at 0 in the netlist: the comparator names image, step and neuron."""
+def test_a_corrupted_netlist_is_caught_and_named(ice40_run, tmp_path, capsys):
+    """Bit 0 of layer 1's spike index stuck at 0 in the netlist: the comparator names image, step and neuron, and
+    the command line exits with status 1."""
     net, images, ref, rtl, gate, _ = ice40_run
     folder = tmp_path / gate.netlist.path.parent.name
     shutil.copytree(gate.netlist.path.parent, folder, ignore=shutil.ignore_patterns("icarus_build*", "run*"))
@@ -99,6 +100,10 @@ def test_a_corrupted_netlist_is_caught_and_named(ice40_run, tmp_path):
     checks = dict(compare(ref, rtl, broken, net))
     mismatch = checks["spikes and readout vs the reference"]
     assert mismatch and re.match(r"image \d+, step 0, population 1 \('layer1'\), neuron \d+", mismatch), mismatch
+    status = cli.main(["run", str(netimage.save(net, tmp_path / "tiny.sfnet")), "--backend", "gate", "--images", "2",
+                       "--jobs", "1", "--build-dir", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert status == 1 and f"spikes and readout vs the reference: DIFFER: {mismatch}" in out, out
 
 
 def test_ecp5_abc9_failure_is_one_sentence_and_the_abc_flow_is_bit_exact(tmp_path):
