@@ -183,8 +183,9 @@ def run_rtl(net: Network, images, time_steps: int | None = None, build_dir: str 
     cycles without a transfer after which the testbench stops and names the phase (default: generous, from the
     network's size).
 
-    ``quick_build`` (Verilator only) builds for many small networks (``VERILATOR_QUICK_MAKEFLAGS``): the model at
-    -O0 in one file, and the runtime objects of the first quick build under ``build_dir`` reused by the later ones.
+    ``quick_build`` (Verilator, without waves) builds for many small networks (``VERILATOR_QUICK_MAKEFLAGS``): the
+    model at -O0 in one file, and the runtime objects of the first quick build under ``build_dir`` reused by the
+    later ones.
     """
     started = time.perf_counter()
     T = net.time_steps if time_steps is None else int(time_steps)
@@ -213,7 +214,7 @@ def run_rtl(net: Network, images, time_steps: int | None = None, build_dir: str 
         verilog_path = work / f"{TOPLEVEL}.v"
         generate_verilog(net, T, work, design)  # always: the generator may have changed since the last run
         harness = generate_harness(net, work)
-        quick = quick_build and simulator == "verilator"
+        quick = quick_build and simulator == "verilator" and not waves
         sim_build = work / f"{simulator}{'_quick' if quick else ''}_build{'_waves' if waves else ''}"
         chunks = chunk_images(B, jobs, waves)
         runners = build_runners(simulator, [verilog_path, harness], sim_build, len(chunks), waves=waves, quick=quick,
