@@ -74,7 +74,8 @@ def table(rows: list[dict]) -> str:
     cpu = platform.processor() or platform.machine()
     lines.append("")
     lines.append(f"Measured by `python -m bench.simulators` on {cpu}, {time.strftime('%Y-%m-%d')}, every run bit-exact "
-                 f"with the integer reference.")
+                 f"with the integer reference. Build and start-up: the Verilog conversion, the simulator's build "
+                 f"(for the gate-level rows, Yosys's synthesis too) and cocotb's start.")
     return "\n".join(lines)
 
 
