@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from spikeforge.netimage import Network
+from spikeforge.netimage import Network, content_hash
 from spikeforge.record import SpikeRecord
 
 from .batch import check_images, chunk_images, merge_chunks
@@ -89,15 +89,8 @@ def _default_design(net: Network, time_steps: int):
 
 def _network_digest(net: Network, time_steps: int) -> str:
     """A short content hash of everything that shapes the gateware, to reuse a build folder safely."""
-    h = hashlib.sha256(f"T={time_steps}".encode())
-    for pop in net.populations:
-        h.update(repr((pop.name, pop.kind, pop.shape, pop.bits, pop.vbits, pop.acc_bits, pop.leak_shift)).encode())
-        for arr in (pop.bias, pop.threshold):
-            if arr is not None:
-                h.update(np.ascontiguousarray(arr, np.int64).tobytes())
-        for proj in pop.projections:
-            h.update(repr((proj.source, proj.kind, proj.wbits, proj.stride, proj.padding, proj.weight.shape)).encode())
-            h.update(np.ascontiguousarray(proj.weight, np.int64).tobytes())
+    h = content_hash(net)
+    h.update(f"T={time_steps}".encode())
     return h.hexdigest()[:16]
 
 

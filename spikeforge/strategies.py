@@ -10,7 +10,6 @@ the generator (its accumulator limit and each population's lane limit).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shlex
@@ -24,8 +23,8 @@ from hypothesis.extra.numpy import arrays
 
 from spikeforge.hw.accelerator import DEFAULT_MAX_ACC_BITS
 from spikeforge.hw.layers import is_diagonal, lane_limit
-from spikeforge.netimage import (Network, Population, Projection, conv_output_size, partial_sum_bounds, save,
-                                 signed_bits_for, signed_range, validate)
+from spikeforge.netimage import (Network, Population, Projection, content_hash, conv_output_size,
+                                 partial_sum_bounds, save, signed_bits_for, signed_range, validate)
 
 __all__ = ["Case", "cases", "case_id", "features", "summarize", "write_case", "replay_command", "MAX_KERNEL",
            "MAX_STRIDE", "MAX_PADDING"]
@@ -217,17 +216,10 @@ def cases(draw, *, max_populations: int = 5, max_side: int = 8, max_channels: in
 
 def case_id(case: Case) -> str:
     """A short hash of everything that decides a case's outcome: the network, the images, T, lanes and seed."""
-    h = hashlib.sha256(repr((case.time_steps, sorted(case.lanes.items()), case.seed, case.images.shape,
-                             case.images.dtype.str)).encode())
+    h = content_hash(case.net)
+    h.update(repr((case.time_steps, sorted(case.lanes.items()), case.seed, case.images.shape,
+                   case.images.dtype.str)).encode())
     h.update(np.ascontiguousarray(case.images).tobytes())
-    for pop in case.net.populations:
-        h.update(repr((pop.kind, pop.shape, pop.bits, pop.vbits, pop.acc_bits, pop.leak_shift)).encode())
-        for values in (pop.bias, pop.threshold):
-            if values is not None:
-                h.update(np.ascontiguousarray(values, np.int64).tobytes())
-        for proj in pop.projections:
-            h.update(repr((proj.source, proj.kind, proj.wbits, proj.stride, proj.padding, proj.weight.shape)).encode())
-            h.update(np.ascontiguousarray(proj.weight, np.int64).tobytes())
     return h.hexdigest()[:12]
 
 

@@ -10,7 +10,7 @@ decompressed); :mod:`.writer` writes one (``save``). Torch-free on purpose: the 
 from .model import (FORMAT_NAME, FORMAT_VERSION, KINDS, MAX_ACC_BITS, MAX_ARRAY_ELEMENTS, MAX_JSON_DEPTH,
                     MAX_MANIFEST_BYTES, MAX_NAME_CHARS, MAX_NETWORK_NEURONS, MAX_PADDING, MAX_POPULATION_NEURONS,
                     MAX_POPULATIONS, MAX_PROJECTIONS, MAX_STRIDE, MAX_TIME_STEPS, MAX_TOTAL_ELEMENTS,
-                    PROJECTION_KINDS, Network, NetworkFileError, Population, Projection, conv_output_size,
+                    PROJECTION_KINDS, Network, NetworkFileError, Population, Projection, content_hash, conv_output_size,
                     is_integer, name_problem, parameter_bits, partial_sum_bounds, projection_shape_problem,
                     required_acc_bits, signed_bits_for, signed_range, source_max, summary, validate)
 from .reader import load
@@ -22,4 +22,4 @@ __all__ = ["Network", "Population", "Projection", "NetworkFileError", "load", "s
            "MAX_TIME_STEPS", "MAX_MANIFEST_BYTES", "MAX_JSON_DEPTH", "MAX_NAME_CHARS", "MAX_POPULATIONS",
            "MAX_PROJECTIONS", "MAX_POPULATION_NEURONS", "MAX_NETWORK_NEURONS", "MAX_ARRAY_ELEMENTS",
            "MAX_TOTAL_ELEMENTS", "MAX_STRIDE", "MAX_PADDING", "parameter_bits", "projection_shape_problem",
-           "name_problem", "is_integer"]
+           "name_problem", "is_integer", "content_hash"]

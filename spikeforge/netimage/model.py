@@ -5,6 +5,7 @@ sum bounds, accumulator widths). The reader (.reader) and the writer (.writer) b
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass, field
 
@@ -358,6 +359,22 @@ def summary(net: Network) -> str:
             lines.append(f"{i:>2} {pop.name:<10} {pop.kind:<8} {shape:<14} {pop.vbits:>5} {pop.acc_bits:>4} "
                          f"{leak:>4}  {projs}")
     return "\n".join(lines)
+
+
+def content_hash(net: Network):
+    """A sha256 object fed with everything that decides what a network computes: every population's name, kind,
+    shape and widths, biases, thresholds, and every projection's geometry and weights (not the metadata). Callers
+    add their own context (T, lanes, images) and take a digest, e.g. to name a build folder or a test case."""
+    h = hashlib.sha256()
+    for pop in net.populations:
+        h.update(repr((pop.name, pop.kind, pop.shape, pop.bits, pop.vbits, pop.acc_bits, pop.leak_shift)).encode())
+        for values in (pop.bias, pop.threshold):
+            if values is not None:
+                h.update(np.ascontiguousarray(values, np.int64).tobytes())
+        for proj in pop.projections:
+            h.update(repr((proj.source, proj.kind, proj.wbits, proj.stride, proj.padding, proj.weight.shape)).encode())
+            h.update(np.ascontiguousarray(proj.weight, np.int64).tobytes())
+    return h
 
 
 def parameter_bits(net: Network) -> int:

@@ -127,14 +127,16 @@ def test_waves_are_dumped_and_named(tmp_path):
     assert str(rtl.waves) in first_mismatch(ref, bad)
 
 
-def _mutant_accelerator(net, time_steps):
-    """The real accelerator, except that population 1 reports its neuron 0 as neuron 1 on the trace port."""
+def _wrapped_accelerator(net, time_steps, *, misreport=False, stuck=None):
+    """The real accelerator behind a wrapper that breaks it on purpose: ``misreport`` makes population 1 report its
+    neuron 0 as neuron 1 on the trace port; ``stuck`` cuts a handshake (``"pixels"``: no pixel is ever taken,
+    ``"results"``: no result is ever offered)."""
     from amaranth.hdl import Module
     from amaranth.lib import wiring
 
     from spikeforge.hw.accelerator import Accelerator
 
-    class Mutant(wiring.Component):
+    class Wrapped(wiring.Component):
         def __init__(self):
             self.inner = Accelerator(net, time_steps)
             super().__init__(self.inner.signature)
@@ -144,16 +146,24 @@ def _mutant_accelerator(net, time_steps):
             m.submodules.inner = inner = self.inner
             wiring.connect(m, wiring.flipped(self.pixels), inner.pixels)
             wiring.connect(m, inner.results, wiring.flipped(self.results))
+            if stuck == "pixels":
+                m.d.comb += [self.pixels.ready.eq(0), inner.pixels.valid.eq(0)]
+            elif stuck == "results":
+                m.d.comb += [self.results.valid.eq(0), inner.results.ready.eq(0)]
             m.d.comb += [self.cycles.eq(inner.cycles), self.busy.eq(inner.busy)]
             for p, pop in enumerate(net.populations):
                 if pop.kind == "lif":
                     ours, theirs = getattr(self, f"spikes_p{p}"), getattr(inner, f"spikes_p{p}")
-                    index = theirs.index | (theirs.index == 0) if p == 1 else theirs.index
+                    index = theirs.index | (theirs.index == 0) if misreport and p == 1 else theirs.index
                     m.d.comb += [ours.valid.eq(theirs.valid), ours.step_end.eq(theirs.step_end),
                                  ours.index.eq(index)]
             return m
 
-    return Mutant()
+    return Wrapped()
+
+
+def _mutant_accelerator(net, time_steps):
+    return _wrapped_accelerator(net, time_steps, misreport=True)
 
 
 @pytest.mark.parametrize("simulator", ["icarus", "verilator"])
@@ -183,36 +193,7 @@ def test_relative_build_dir(tmp_path, monkeypatch):
 
 
 def _stuck_accelerator(stage):
-    """The real accelerator with one handshake cut: ``"pixels"`` never takes a pixel, ``"results"`` never offers
-    a result."""
-    def build(net, time_steps):
-        from amaranth.hdl import Module
-        from amaranth.lib import wiring
-
-        from spikeforge.hw.accelerator import Accelerator
-
-        class Stuck(wiring.Component):
-            def __init__(self):
-                self.inner = Accelerator(net, time_steps)
-                super().__init__(self.inner.signature)
-
-            def elaborate(self, platform):
-                m = Module()
-                m.submodules.inner = inner = self.inner
-                wiring.connect(m, wiring.flipped(self.pixels), inner.pixels)
-                wiring.connect(m, inner.results, wiring.flipped(self.results))
-                if stage == "pixels":
-                    m.d.comb += [self.pixels.ready.eq(0), inner.pixels.valid.eq(0)]
-                else:
-                    m.d.comb += [self.results.valid.eq(0), inner.results.ready.eq(0)]
-                m.d.comb += [self.cycles.eq(inner.cycles), self.busy.eq(inner.busy)]
-                for p, pop in enumerate(net.populations):
-                    if pop.kind == "lif":
-                        wiring.connect(m, getattr(inner, f"spikes_p{p}"), wiring.flipped(getattr(self, f"spikes_p{p}")))
-                return m
-
-        return Stuck()
-    return build
+    return lambda net, time_steps: _wrapped_accelerator(net, time_steps, stuck=stage)
 
 
 @pytest.mark.parametrize("stage,sentence", [
