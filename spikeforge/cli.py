@@ -412,15 +412,15 @@ def cmd_demo(args) -> int:
     print(netimage.summary(net))
 
     print(f"== 2/5 deployed integer network on the {args.dataset} test set")
-    run = argparse.Namespace(model=str(network_path), backend="int", dataset=args.dataset, images=None,
-                             data_dir=args.data_dir, time_steps=None)
-    cmd_run(run)
+    # the steps' options go through the parser, so that every option a command has gets its default
+    data = ["--dataset", args.dataset] + (["--data-dir", str(args.data_dir)] if args.data_dir else [])
+    parser = build_parser()
+    cmd_run(parser.parse_args(["run", str(network_path), "--backend", "int", *data]))
 
     print(f"== 3/5 RTL simulation (Icarus) on {args.rtl_images} test images, compared with the reference")
-    run = argparse.Namespace(model=str(network_path), backend="rtl", dataset=args.dataset, images=args.rtl_images,
-                             data_dir=args.data_dir, time_steps=None, build_dir=str(out / "rtl"), waves=False,
-                             board=args.board, lanes="auto", simulator="icarus", jobs=None, batch=1000)
-    status = cmd_run(run)
+    status = cmd_run(parser.parse_args(["run", str(network_path), "--backend", "rtl", *data, "--images",
+                                        str(args.rtl_images), "--build-dir", str(out / "rtl"), "--board", args.board,
+                                        "--simulator", "icarus"]))
     if status:
         return status
 
@@ -432,10 +432,8 @@ def cmd_demo(args) -> int:
 
     print(f"== 5/5 latency per image at the bitstream's {report.target_mhz:g} MHz (cycle model, {DEMO_PERF_IMAGES} "
           f"test images)")
-    perf = argparse.Namespace(model=str(network_path), dataset=args.dataset, images=DEMO_PERF_IMAGES,
-                              data_dir=args.data_dir, time_steps=None, board=args.board, lanes="auto",
-                              clock=report.target_mhz, jobs=None, json=str(out / "perf.json"))
-    cmd_perf(perf)
+    cmd_perf(parser.parse_args(["perf", str(network_path), *data, "--images", str(DEMO_PERF_IMAGES), "--board",
+                                args.board, "--clock", str(report.target_mhz), "--json", str(out / "perf.json")]))
     print("\nfloat / QAT / deployed accuracy: " + " / ".join(
         f"{summary.get(k, float('nan')) * 100:.2f}%" for k in ("float_accuracy", "qat_accuracy", "deployed_accuracy")))
     print(f"demo finished in {time.perf_counter() - started:.0f} s")
