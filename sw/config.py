@@ -69,6 +69,7 @@ class TrainConfig:
     # --- added with the ResNet / colour / DDP loop; their defaults keep older out dirs resumable
     width: float = 1.0                    # ResNet width multiplier
     stem: str = "cifar"                   # ResNet stem: cifar | imagenet | imagenet_conv (sw/resnet.py)
+    stem_stride: int = 1                  # ResNet 'cifar' stem's conv stride: 1, or 2 (a quarter of the neurons)
     bn: str = "shared"                    # ResNet BN kind: shared | bntt | tdbn
     wbits: int = 4                        # ResNet QAT weight bits of the hidden convs (stem 8, readout = wbits)
     ann: bool = False                     # ResNet only: the ANN twin (ReLU, T = 1); trained the same way, not exported
@@ -127,6 +128,10 @@ class TrainConfig:
                 raise ConfigError(f"surrogate_width must be a number or 'auto', not {self.surrogate_width!r}") from None
         if not self.is_resnet and self.ann:
             raise ConfigError(f"ann (the ANN twin) needs a ResNet arch ({', '.join(RESNET_ARCHS)}), not {self.arch!r}")
+        if self.stem_stride not in (1, 2) or (self.stem_stride != 1 and (self.stem != "cifar" or not self.is_resnet)):
+            raise ConfigError(f"stem_stride must be 1 or 2, and 2 only with a ResNet's 'cifar' stem (the 'imagenet' "
+                              f"stems already have stride 2), not {self.stem_stride!r} with arch {self.arch!r} and "
+                              f"stem {self.stem!r}")
         if self.lif not in LIF_IMPLEMENTATIONS:
             raise ConfigError(f"lif must be one of {', '.join(LIF_IMPLEMENTATIONS)}, not {self.lif!r}")
         if self.temporal_window is not None and self.lif == "autograd":
@@ -158,7 +163,7 @@ RUN_ONLY = {"out", "progress", "threads", "eval_batch", "test_subset", "calibrat
              "checkpoint_every", "device", "deployed_images", "compile", "lif", "channels_last", "malloc_cache",
              "event_convs", "huge_pages"}
 # Fields added after out dirs already existed: left out of the config key while at their default, so those resume.
-ADDED_FIELDS = ("width", "stem", "bn", "wbits", "ann", "image_size", "crop_padding", "label_smoothing",
+ADDED_FIELDS = ("width", "stem", "stem_stride", "bn", "wbits", "ann", "image_size", "crop_padding", "label_smoothing",
                 "momentum", "nesterov", "amp", "deterministic", "grad_checkpoint", "temporal_window", "augment_flip",
                 "activity_penalty", "silent_blank")
 

@@ -47,7 +47,8 @@ def build_model(config: TrainConfig, quantized: bool, input_shape=(1, 28, 28), c
         arch = ARCHITECTURES.get(config.arch) or Architecture.parse(config.arch)
         return SpikingNet(arch, time_steps=config.time_steps, quantized=quantized, neuron=neuron)
     return RESNETS[config.arch](width=config.width, num_classes=classes, in_channels=input_shape[0], stem=config.stem,
-                                bn=config.bn, time_steps=config.time_steps, neuron=neuron, ann=config.ann,
+                                stem_stride=config.stem_stride, bn=config.bn, time_steps=config.time_steps,
+                                neuron=neuron, ann=config.ann,
                                 wbits=config.wbits if quantized else None)
 
 

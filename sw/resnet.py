@@ -239,7 +239,7 @@ class SpikingResNet(nn.Module):
     conv + BN run once and repeat over T) or a sequence [T, B, C, H, W]; it returns logits = V_readout / T, where
     V integrates fc(global average of the last spikes) over the steps. Stateless layers run on the folded T*B batch.
 
-    * ``stem``: ``"cifar"`` (3x3 conv, stride 1, no pooling; deployable), ``"imagenet"`` (7x7 stride-2 conv and a
+    * ``stem``: ``"cifar"`` (3x3 conv, stride ``stem_stride`` = 1 or 2, no pooling; deployable), ``"imagenet"`` (7x7 stride-2 conv and a
       3x3 stride-2 max-pool: NOT deployable, the integer semantics has no max), ``"imagenet_conv"`` (the max-pool
       replaced by a spiking 3x3 stride-2 conv + BN + LIF; deployable).
     * ``neuron``: a factory (see :func:`lif_neuron`); ``bn``: ``"shared"``, ``"bntt"`` or ``"tdbn"`` (sw/bn.py).
@@ -250,16 +250,20 @@ class SpikingResNet(nn.Module):
 
     def __init__(self, block: type[_Block], layers: Sequence[int], *, widths: Sequence[int] = (64, 128, 256, 512),
                  num_classes: int = 10, in_channels: int = 3, stem: str = "cifar", stem_width: int | None = None,
+                 stem_stride: int = 1,
                  neuron: NeuronFactory | None = None, bn: str = "shared", time_steps: int = 4,
                  wbits: int | None = None, stem_wbits: int | None = None, readout_wbits: int | None = None,
                  ann: bool = False):
         super().__init__()
         if stem not in STEMS:
             raise ValueError(f"unknown stem {stem!r}; choose one of {STEMS}")
+        if stem_stride not in (1, 2) or (stem_stride != 1 and stem != "cifar"):
+            raise ValueError(f"stem_stride {stem_stride!r}: the 'cifar' stem's 3x3 conv takes stride 1 or 2 (the "
+                             "'imagenet' stems already have stride 2)")
         if len(layers) != len(widths) or not layers or min(layers) < 1:
             raise ValueError(f"layers {list(layers)} and widths {list(widths)} need one positive entry per stage")
         self.block, self.layers, self.widths = block, tuple(layers), tuple(widths)
-        self.stem_kind, self.bn_kind, self.ann = stem, bn, ann
+        self.stem_kind, self.stem_stride, self.bn_kind, self.ann = stem, stem_stride, bn, ann
         self.time_steps = 1 if ann else int(time_steps)
         neuron = ReLUNeuron if ann else (neuron or lif_neuron())
         threshold = float(getattr(neuron(), "threshold", 1.0))
@@ -270,7 +274,8 @@ class SpikingResNet(nn.Module):
         stem_width = stem_width or widths[0]
 
         if stem == "cifar":
-            self.stem = ConvBN(conv_layer(in_channels, stem_width, 3, wbits=stem_wbits), make_bn(bn, stem_width, **kw))
+            self.stem = ConvBN(conv_layer(in_channels, stem_width, 3, stem_stride, wbits=stem_wbits),
+                               make_bn(bn, stem_width, **kw))
         else:
             self.stem = ConvBN(conv_layer(in_channels, stem_width, 7, 2, wbits=stem_wbits),
                                make_bn(bn, stem_width, **kw))

@@ -138,7 +138,8 @@ def _model(run: dict) -> str:
     cfg = run["config"]
     if run.get("model") == "spiking chain" or not str(cfg.get("arch", "")).startswith("resnet"):
         return f"chain {run['arch']}"
-    name = f"{cfg['arch']} x{cfg['width']:g} bn={cfg['bn']}"
+    name = f"{cfg['arch']} x{cfg['width']:g}" + (" stem s2" if cfg.get("stem_stride", 1) == 2 else "") \
+        + f" bn={cfg['bn']}"
     if cfg.get("ann"):
         return name + " ANN twin"
     window = cfg.get("temporal_window")

@@ -158,7 +158,8 @@ def export_resnet(model: SpikingResNet, *, max_acc_bits: int = 32, time_steps: i
                                                    wbits=_wbits(model.fc))]))
     net = Network(pops, time_steps=T, metadata={
         "arch": f"{model.block.__name__}{list(model.layers)}",
-        "widths": list(model.widths), "stem": model.stem_kind, "bn": model.bn_kind,
+        "widths": list(model.widths), "stem": model.stem_kind, "stem_stride": model.stem_stride,
+        "bn": model.bn_kind,
         "exporter": "spikeforge.sw.export.resnet", "readout_scale": f"V_int = V * {area} / s_fc", "widened": notes})
     for note in notes:
         warnings.warn(f"export_resnet: {note}", stacklevel=3)

@@ -51,6 +51,7 @@ HELP = {
     "progress": "tqdm progress bars (true/false)",
     "width": "ResNet width multiplier of every stage",
     "stem": "ResNet stem: cifar | imagenet (max-pool, not exportable) | imagenet_conv",
+    "stem_stride": "ResNet cifar stem's conv stride: 1, or 2 (every later layer on a quarter of the positions)",
     "bn": "ResNet BN kind: shared | bntt | tdbn",
     "wbits": "ResNet QAT weight bits of the hidden convs (stem 8 bits, readout the same as these)",
     "ann": "train the ResNet's ANN twin (ReLU, no time steps; not exported) to measure the SNN-vs-ANN gap",

@@ -87,7 +87,8 @@ def _describe(config: TrainConfig) -> str:
     if not config.is_resnet:
         return "spiking chain"
     kind = "ANN twin (ReLU, T=1)" if config.ann else f"spiking, T={config.time_steps}"
-    return f"{config.arch} x{config.width:g} {kind}, stem {config.stem}, bn {config.bn}, {config.wbits}-bit weights"
+    stem = config.stem + (" s2" if config.stem_stride == 2 else "")
+    return f"{config.arch} x{config.width:g} {kind}, stem {stem}, bn {config.bn}, {config.wbits}-bit weights"
 
 
 def _fmt(acc):
