@@ -97,38 +97,41 @@ def ice40_ebr_blocks(depth: int, width: int) -> int:
 
 def estimate_memory(net: Network, fifo_depth: int = 4, lanes=None) -> list[dict]:
     """Every memory the generated accelerator holds: ``name``, ``depth``, ``width``, ``bits`` (= depth x width),
-    and ``ice40_ebr``, the EBR blocks it would take if mapped to iCE40 block RAM (Yosys may put the smallest ones,
+    ``kind`` (``"ram"``, written while running, or ``"rom"``, fixed contents) and ``ice40_ebr``, the EBR blocks it would take if mapped to iCE40 block RAM (Yosys may put the smallest ones,
     the params and FIFOs, into logic instead).
 
     The input's pixel list, and per population, with ``lanes`` as ``choose_lanes`` takes it: the membrane
     (``channel_words x H x W`` words of lanes x acc_bits), one weight ROM per projection with lanes x wbits per
     word (``name.weights``, or ``name.p{k}.weights`` when the population has several projections; an identity
     shortcut, a diagonal 1x1 conv, stores only its diagonal), the params ROM, and one event FIFO per source
-    population it reads (``name.fifo``, or ``name.fifo<-source`` when it reads several). Pure arithmetic over the
+    population it reads (``name.fifo``, or ``name.fifo<-source`` when it reads several; Amaranth's
+    SyncFIFOBuffered keeps ``fifo_depth - 1`` entries in memory and one in its output register). A membrane's
+    row has ``transparent``: its read port sees the write of the same cycle. Pure arithmetic over the
     network image; nothing is elaborated.
     """
     pops = net.populations
     per_pop = choose_lanes(net, lanes)
     position = event_layout(net.input)
-    rows = [{"name": "input.pixel_list", "depth": net.input.size,
-             "width": position["c"].shape.width + position["y"].shape.width + position["x"].shape.width
-             + net.input.bits}]
+    # a one-channel input's channel bit is constant 0: synthesis drops it from the stored entries
+    c_bits = position["c"].shape.width if net.input.shape[0] > 1 else 0
+    rows = [{"name": "input.pixel_list", "depth": net.input.size, "kind": "ram",
+             "width": c_bits + position["y"].shape.width + position["x"].shape.width + net.input.bits}]
     for p, pop in enumerate(pops[1:], 1):
         P = per_pop[p]
         c, h, w = grid(pop)
         rows.append({"name": f"{pop.name}.membrane", "depth": channel_words(pop, P) * h * w,
-                     "width": P * pop.acc_bits})
+                     "width": P * pop.acc_bits, "kind": "ram", "transparent": True})
         several = len(pop.projections) > 1
         for k, proj in enumerate(pop.projections):
             words = weight_words(proj, pop, P)
             rows.append({"name": f"{pop.name}.p{k}.weights" if several else f"{pop.name}.weights",
-                         "depth": len(words), "width": len(words[0]) * proj.wbits})
+                         "depth": len(words), "width": len(words[0]) * proj.wbits, "kind": "rom"})
         rows.append({"name": f"{pop.name}.params", "depth": channel_words(pop, P),
-                     "width": P * (pop.acc_bits + pop.vbits + 1)})
+                     "width": P * (pop.acc_bits + pop.vbits + 1), "kind": "rom"})
         groups = projection_groups(pop)
         for source, _ in groups:
             rows.append({"name": f"{pop.name}.fifo<-{pops[source].name}" if len(groups) > 1 else f"{pop.name}.fifo",
-                         "depth": fifo_depth, "width": event_layout(pops[source]).size})
+                         "depth": fifo_depth - 1, "width": event_layout(pops[source]).size, "kind": "ram"})
     for row in rows:
         row["bits"] = row["depth"] * row["width"]
         row["ice40_ebr"] = ice40_ebr_blocks(row["depth"], row["width"])

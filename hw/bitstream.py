@@ -44,8 +44,7 @@ class _Board:
     bitstream_suffix: str
     # nextpnr cell types worth reporting, with a readable name
     resources: tuple[tuple[str, str], ...]
-    # block RAM of the device in bits (what the memory pre-check compares with)
-    ram_bits: int
+    # the device's block RAM in words, for the memory pre-check's sentence
     ram_name: str
     # the PLL clock the current design meets with a margin (measured: docs/hardware-flow.md)
     default_clock_mhz: float
@@ -58,7 +57,7 @@ BOARDS = {
                                            ("ICESTORM_SPRAM", "SPRAM (256 kbit)"),
                                            ("ICESTORM_DSP", "DSP (16x16 MAC)"),
                                            ("ICESTORM_PLL", "PLL")),
-                         ram_bits=30 * 4096, ram_name="30 EBR blocks of 4 kbit; the design does not use the SPRAM",
+                         ram_name="30 EBR blocks of 4 kbit; the pixel list is in SPRAM",
                          default_clock_mhz=24.0, synth_opts="-dsp"),
     "ulx3s-85f": _Board("ecp5", ".bit", (("TRELLIS_COMB", "LUTs (LUT4)"),
                                          ("TRELLIS_FF", "flip-flops"),
@@ -66,7 +65,7 @@ BOARDS = {
                                          ("DP16KD", "block RAM (DP16KD, 18 kbit)"),
                                          ("MULT18X18D", "multipliers (18x18)"),
                                          ("EHXPLLL", "PLL")),
-                        ram_bits=208 * 18 * 1024, ram_name="208 DP16KD blocks of 18 kbit", default_clock_mhz=50.0),
+                        ram_name="208 DP16KD blocks of 16 to 18 kbit", default_clock_mhz=50.0),
 }
 
 
@@ -105,6 +104,7 @@ class BuildReport:
     target_mhz: float
     build_s: float
     memory_bits: int = 0
+    memory_blocks: int = 0  # the memory pre-check's block RAM count (compare with the block RAM utilization)
     notes: list[str] = field(default_factory=list)
     requested_mhz: float | None = None
     pll: dict | None = None
@@ -135,7 +135,8 @@ class BuildReport:
         if self.lanes:
             lines.append("lanes: " + ", ".join(f"{name} {count}" for name, count in self.lanes.items()))
         if self.memory_bits:
-            lines.append(f"accelerator memories: {self.memory_bits:,} bits (estimate_memory)")
+            lines.append(f"accelerator memories: {self.memory_bits:,} bits, {self.memory_blocks} block RAMs with the "
+                         f"board top's (the memory pre-check)")
         lines.append(f"report: {self.out_dir / REPORT_FILE}")
         lines += self.notes
         return "\n".join(lines)
@@ -151,7 +152,8 @@ class BuildReport:
             "resources": {u.cell: {"name": u.name, "used": u.used, "available": u.available} for u in self.utilization},
             "all_cells": {cell: {"used": used, "available": available}
                           for cell, (used, available) in self.all_cells.items()},
-            "memory_bits": self.memory_bits, "lanes": self.lanes, "notes": self.notes,
+            "memory_bits": self.memory_bits, "memory_blocks": self.memory_blocks, "lanes": self.lanes,
+            "notes": self.notes,
         }
 
     def write_json(self, path: str | Path | None = None) -> Path:
@@ -216,29 +218,37 @@ def _not_fit_sentence(log: str, board: _Board, net_desc: str) -> str | None:
 # --- the memory pre-check ----------------------------------------------------------------------------------
 
 
-def memory_precheck(net: Network, board: str, lanes=None) -> int:
-    """Raise BitstreamError when the accelerator's memories alone exceed the device's block RAM; else their
-    total in bits.
+def memory_precheck(net: Network, board: str, lanes=None) -> tuple[int, int]:
+    """Raise BitstreamError when the accelerator's memories need more block RAMs than the device has; else
+    ``(bits, blocks)``: their total in bits and the block RAMs the design will take, board top included.
 
-    A lower bound on what the design needs (Yosys may put small memories in logic, but never needs fewer RAM
-    bits than the memories hold), so a refusal here is certain; a design that passes may still not fit by
-    block granularity, which place and route then reports.
+    Each memory is counted as Yosys places it (``hw.lanes.memory_blocks``): in the blocks of the shape that holds
+    it best (the usable bits of a block depend on its width: 16 kbit for a 4-bit-wide DP16KD, 18 kbit for a
+    9-bit-wide one), or in logic or LUT RAM where that costs less; the iCE40's pixel list is in SPRAM. On the committed networks'
+    builds this count equals what nextpnr reports (tests/hw/test_lanes.py), so a refusal here is a design that
+    would not place.
     """
     from .accelerator import estimate_memory
+    from .board import board_memories
+    from .lanes import DEVICES, memory_blocks
 
-    spec = BOARDS[board]
-    rows = estimate_memory(net, lanes=lanes)
+    spec, device = BOARDS[board], DEVICES[board]
+    rows = estimate_memory(net, lanes=lanes) + board_memories(net)
+    for row in rows:
+        row["blocks"] = memory_blocks(row, device)
     total = sum(r["bits"] for r in rows)
-    if total > spec.ram_bits:
-        largest = sorted(rows, key=lambda r: -r["bits"])[:3]
-        detail = ", ".join(f"{r['name']} {r['depth']}x{r['width']} = {r['bits']:,} bits" for r in largest)
-        bigger = [b for b, other in BOARDS.items() if other.ram_bits >= total]
+    blocks = sum(r["blocks"] for r in rows)
+    if blocks > device.ram_blocks:
+        largest = sorted(rows, key=lambda r: (-r["blocks"], -r["bits"]))[:3]
+        detail = ", ".join(f"{r['name']} {r['depth']}x{r['width']} = {r['blocks']} blocks" for r in largest)
+        bigger = [b for b, other in DEVICES.items()
+                  if b != board and other.ram_blocks >= sum(memory_blocks(r, other) for r in rows)]
         advice = f", or a bigger FPGA (--board {bigger[0]})" if bigger else ""
         raise BitstreamError(
-            f"the network does not fit the {board}: its memories need {total:,} bits of block RAM, the device "
-            f"has {spec.ram_bits:,} ({spec.ram_name}); largest: {detail}. Use fewer or smaller layers or narrower "
-            f"weights{advice}")
-    return total
+            f"the network does not fit the {board}: its memories need {blocks} block RAMs ({total:,} bits), the "
+            f"device has {device.ram_blocks} ({spec.ram_name}); largest: {detail}. Use fewer lanes (--lanes), "
+            f"fewer or smaller layers or narrower weights{advice}")
+    return total, blocks
 
 
 # --- the build ---------------------------------------------------------------------------------------------
@@ -346,7 +356,7 @@ def build(net: Network, board: str = "icebreaker", out_dir: str | Path = "build/
     from .accelerator import check_supported
 
     check_supported(net)
-    memory_bits = memory_precheck(net, board, chosen)
+    memory_bits, memory_blocks = memory_precheck(net, board, chosen)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -390,7 +400,8 @@ def build(net: Network, board: str = "icebreaker", out_dir: str | Path = "build/
         fmax = min(fmax, 1000 / ns)
     report = BuildReport(board=board, device=f"{platform.device}-{platform.package}", bitstream=bitstream,
                          out_dir=out, utilization=utilization, fmax_mhz=fmax, target_mhz=target,
-                         build_s=time.perf_counter() - started, memory_bits=memory_bits, requested_mhz=requested,
+                         build_s=time.perf_counter() - started, memory_bits=memory_bits,
+                         memory_blocks=memory_blocks, requested_mhz=requested,
                          pll=_pll_dict(setting), clocks=clocks, all_cells=util, notes=notes,
                          lanes={net.populations[p].name: count for p, count in chosen.items()})
     report.write_json()

@@ -20,7 +20,10 @@ from spikeforge.netimage import Network
 from .pll import PllClock, pll_for
 from .uart import MIN_DIVISOR, UartRx, UartTx
 
-__all__ = ["BoardCore", "BoardTop", "FRAME_START", "FRAME_REPLY", "DEFAULT_BAUDRATE", "pixel_bytes"]
+__all__ = ["BoardCore", "BoardTop", "FRAME_START", "FRAME_REPLY", "DEFAULT_BAUDRATE", "PIXEL_FIFO_DEPTH", "pixel_bytes",
+           "board_memories"]
+
+PIXEL_FIFO_DEPTH = 64
 
 FRAME_START = 0x53  # 'S'
 FRAME_REPLY = 0x52  # 'R'
@@ -30,6 +33,16 @@ DEFAULT_BAUDRATE = 115200
 def pixel_bytes(net: Network) -> int:
     """Bytes per pixel on the link: 1 for inputs of up to 8 bits, else 2 (little-endian)."""
     return 1 if net.input.bits <= 8 else 2
+
+
+def board_memories(net: Network, pixel_fifo_depth: int = PIXEL_FIFO_DEPTH) -> list[dict]:
+    """The board core's own memories, as ``estimate_memory`` lists the accelerator's: the pixel and the result
+    FIFO (SyncFIFOBuffered: ``depth - 1`` entries in memory)."""
+    rows = [{"name": "board.pixel_fifo", "depth": pixel_fifo_depth - 1, "width": net.input.bits, "kind": "ram"},
+            {"name": "board.result_fifo", "depth": max(2, net.readout.size) - 1, "width": 32, "kind": "ram"}]
+    for row in rows:
+        row["bits"] = row["depth"] * row["width"]
+    return rows
 
 
 def _default_accelerator(net: Network, time_steps: int):
@@ -69,7 +82,7 @@ class BoardCore(wiring.Component):
     """
 
     def __init__(self, net: Network, time_steps: int | None = None, *, divisor: int, accelerator=None,
-                 pixel_fifo_depth: int = 64):
+                 pixel_fifo_depth: int = PIXEL_FIFO_DEPTH):
         self.net = net
         self.time_steps = operator.index(net.time_steps if time_steps is None else time_steps)
         self.divisor = operator.index(divisor)

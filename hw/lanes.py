@@ -14,55 +14,90 @@ from dataclasses import dataclass
 from spikeforge.netimage import Network
 
 from .accelerator import UnsupportedNetworkError, choose_lanes, estimate_memory
+from .board import board_memories
 from .layers import FanoutWalker, channel_words, grid, is_diagonal, lane_limit
 
 __all__ = ["Device", "DEVICES", "plan_lanes", "parse_lanes", "estimate_logic", "estimate_ram_blocks", "multipliers",
-           "ram_blocks"]
+           "ram_blocks", "memory_blocks"]
 
 
 @dataclass(frozen=True)
 class Device:
     """What the lane plan may spend: block RAMs (``ram_configs``: depth x width shapes of one block), logic
-    cells, and the block RAMs and cells the board top needs besides the accelerator (UART, pixel and result
-    FIFOs)."""
+    cells and multipliers, and what Yosys weighs when it chooses where a memory goes (``block_cost`` per block,
+    LUT RAM or not, how a ROM fills a block)."""
     name: str
     ram_blocks: int
     ram_configs: tuple[tuple[int, int], ...]
     logic_cells: int
     multipliers: int  # DSP blocks: one per lane of a projection from the pixels
-    board_ram_blocks: int = 2
+    # Yosys memory_libmap's cost of one block (techlibs brams*.txt); a bit in flip-flops costs 1 (1/16 in a ROM)
+    block_cost: int = 64
+    # LUT RAM (ECP5 TRELLIS_DPR16X4: 16 x 4 bits, cost 4) for RAMs; ROMs never go there (prune_rom)
+    lut_ram: bool = False
+    # bits one block holds of a ROM when Yosys may spread its words over every bit of the block, the 9th and 18th
+    # (parity) bits included (ECP5 DP16KD: 18 kbit); None: a ROM takes whole block shapes like a RAM
+    rom_block_bits: int | None = None
+    # the input's pixel list is in SPRAM (iCE40 UltraPlus), not in block RAM
+    pixel_list_in_spram: bool = False
     # the share of the logic the plan fills at most: place and route needs some slack
     logic_fill: float = 0.96
-    # blocks kept free: Yosys does not always find the best block shape (the demo's 2,352 x 16 readout ROM took 11
-    # blocks where 10 of 256 x 16 would do)
+    # blocks kept free by the lane plan: place and route needs some slack
     ram_margin: int = 1
 
 
 DEVICES = {
-    "icebreaker": Device("iCE40 UP5K", 30, ((256, 16), (512, 8), (1024, 4), (2048, 2)), 5280, 8),
+    "icebreaker": Device("iCE40 UP5K", 30, ((256, 16), (512, 8), (1024, 4), (2048, 2)), 5280, 8,
+                         pixel_list_in_spram=True),
+    # DP16KD: 16384 x 1, 8192 x 2, 4096 x 4 (16 kbit usable), 2048 x 9, 1024 x 18 and, as PDPW16KD, 512 x 36
+    # (18 kbit)
     "ulx3s-85f": Device("ECP5-85F", 208, ((512, 36), (1024, 18), (2048, 9), (4096, 4), (8192, 2), (16384, 1)),
-                        83640, 156, ram_margin=4),
+                        83640, 156, block_cost=128, lut_ram=True, rom_block_bits=18 * 1024, ram_margin=4),
 }
 
-# memories smaller than this go to logic (Yosys maps them to flip-flops and LUTs, measured on the UP5K builds)
-_LOGIC_MEMORY_BITS = 1024
 # logic cells: a fixed part and a part per lane-bit of datapath (accumulate adder, update pipeline), fitted to the
 # UP5K builds of the demo network (2,237 cells at one lane per layer, 5,026 at lanes 8 / 8 / 5, with -dsp)
 _LOGIC_BASE, _LOGIC_PER_LANE_BIT = 1780, 10.6
 
 
 def ram_blocks(depth: int, width: int, device: Device) -> int:
-    """Fewest blocks of one shape that hold a depth x width memory."""
+    """Fewest blocks of one shape that hold a depth x width memory (each shape's usable bits: a 4-bit-wide
+    DP16KD holds 16 kbit, a 9-bit-wide one 18 kbit)."""
     return min(-(-depth // d) * -(-width // w) for d, w in device.ram_configs)
 
 
+def memory_blocks(row: dict, device: Device) -> int:
+    """Block RAMs that synthesis gives one memory of ``estimate_memory`` (or ``board_memories``).
+
+    Yosys (memory_libmap) puts a memory where it costs least: in flip-flops (1 per bit, 1/16 per bit of a ROM),
+    in LUT RAM (ECP5, RAMs only: 4 per 16 x 4 cell, plus a read multiplexer of ``width`` bits for each further
+    16 words) or in blocks (``block_cost`` each, the fewest blocks of one
+    shape; a ROM on the ECP5 may fill every bit of its blocks, so at most one more than its bits need; a read
+    port that must see the same cycle's write adds a bypass of ``width`` bits of logic). The iCE40's pixel list
+    is in SPRAM. A tie goes to logic.
+    """
+    if row["name"] == "input.pixel_list" and device.pixel_list_in_spram:
+        return 0
+    depth, width, bits, rom = row["depth"], row["width"], row["bits"], row.get("kind") == "rom"
+    if not bits:
+        return 0
+    blocks = ram_blocks(depth, width, device)
+    if rom and device.rom_block_bits:
+        blocks = min(blocks, -(-bits // device.rom_block_bits) + 1)
+    in_blocks = blocks * device.block_cost + (width if row.get("transparent") else 0)
+    in_logic = bits / 16 if rom else bits
+    if device.lut_ram and not rom:
+        banks = -(-depth // 16)
+        in_logic = min(in_logic, banks * -(-width // 4) * 4 + (banks - 1) * width)
+    return blocks if in_blocks < in_logic else 0
+
+
 def estimate_ram_blocks(net: Network, lanes: dict[int, int], device: Device) -> int:
-    """Block RAMs of the accelerator's memories with these lanes (the pixel list excluded: SPRAM on the UP5K,
-    a few blocks of the hundreds elsewhere), plus the board top's own."""
-    rows = estimate_memory(net, lanes=lanes)
-    blocks = sum(ram_blocks(r["depth"], r["width"], device) for r in rows
-                 if r["bits"] >= _LOGIC_MEMORY_BITS and r["name"] != "input.pixel_list")
-    return blocks + device.board_ram_blocks
+    """Block RAMs of the board design with these lanes: :func:`memory_blocks` of the accelerator's memories and
+    the board core's FIFOs. Equal to what nextpnr reported for the committed networks' builds
+    (tests/hw/test_lanes.py)."""
+    rows = estimate_memory(net, lanes=lanes) + board_memories(net)
+    return sum(memory_blocks(r, device) for r in rows)
 
 
 def estimate_logic(net: Network, lanes: dict[int, int]) -> int:
@@ -103,7 +138,8 @@ def _work(net: Network, lanes: dict[int, int], activity: float, pixel_fill: floa
 def plan_lanes(net: Network, board: str, *, activity: float = 0.1, pixel_fill: float = 0.25) -> dict[int, int]:
     """Lanes per layer for ``board``: starting from one lane each, double the lanes of the layer with the most
     expected work per step (``_work``) while the block RAM, logic and multiplier estimates still fit the device;
-    a layer that cannot grow is left as it is and the next one is tried."""
+    a layer that cannot grow is left as it is and the next one is tried (and it is tried again after another
+    layer grew)."""
     device = DEVICES[board]
     lanes = {p: 1 for p in range(1, len(net.populations))}
     fixed: set[int] = set()
@@ -118,7 +154,8 @@ def plan_lanes(net: Network, board: str, *, activity: float = 0.1, pixel_fill: f
         if grown[p] == lanes[p] or not _fits(net, grown, device):
             fixed.add(p)
             continue
-        lanes = grown
+        # a layer that did not fit may fit after this one grew (wider words can pack into fewer blocks)
+        lanes, fixed = grown, set()
 
 
 def multipliers(net: Network, lanes: dict[int, int]) -> int:

@@ -31,6 +31,8 @@ def test_small_network_builds_an_ice40_bitstream_and_a_json_report(tmp_path):
     assert saved == json.loads(json.dumps(report.to_json()))
     assert saved["clock"]["fmax_mhz"] == report.fmax_mhz and saved["clock"]["timing_met"] is False
     assert saved["resources"]["ICESTORM_LC"]["used"] == cells["ICESTORM_LC"].used
+    # the memory pre-check's block count is what nextpnr placed
+    assert saved["memory_blocks"] == report.memory_blocks == cells["ICESTORM_RAM"].used
 
 
 def test_a_missed_clock_is_one_sentence_with_the_clock_that_would_pass(tmp_path):
@@ -56,16 +58,18 @@ def test_impossible_clock_is_refused_before_any_tool_runs(tmp_path):
 
 
 def test_oversized_network_is_refused_with_one_sentence(tmp_path):
-    # 16x48x48 membranes of a 3x3 conv on a 3x48x48 input: far beyond the UP5K's 120 kbit of EBR
-    net = random_network(6, input_shape=(3, 48, 48), layers=[("conv", 16, 3, 1, 1), ("dense", 10)])
+    # 16x40x40 membranes of a 3x3 conv on a 3x40x40 input: far beyond the UP5K's 30 blocks of 4 kbit
+    net = random_network(6, input_shape=(3, 40, 40), layers=[("conv", 16, 3, 1, 1), ("dense", 10)])
     with pytest.raises(BitstreamError) as info:
         build(net, "icebreaker", tmp_path / "big")
     message = str(info.value)
     assert "does not fit the icebreaker" in message and "block RAM" in message and "layer1.membrane" in message
     assert "\n" not in message
     assert not (tmp_path / "big" / "spikeforge.bin").exists()
-    # the ECP5-85F has 3.7 Mbit of block RAM: the same network passes its pre-check
-    assert memory_precheck(net, "ulx3s-85f") > 30 * 4096
+    assert "blocks" in message and "--board ulx3s-85f" in message
+    # the ECP5-85F has 208 blocks of 16 to 18 kbit: the same network passes its pre-check at one lane per layer
+    bits, blocks = memory_precheck(net, "ulx3s-85f", 1)
+    assert bits > 30 * 4096 and 30 < blocks <= 208
 
 
 NEXTPNR_OVERFULL = """\
@@ -125,6 +129,7 @@ def test_small_network_builds_an_ecp5_bitstream(tmp_path):
     assert report.bitstream.suffix == ".bit" and report.bitstream.is_file()
     cells = {u.cell: u for u in report.utilization}
     assert cells["TRELLIS_COMB"].used > 0 and cells["DP16KD"].available == 208
+    assert report.memory_blocks == cells["DP16KD"].used
     assert report.target_mhz == 50 and report.pll["cell"] == "EHXPLLL" and report.timing_met
 
 
@@ -136,4 +141,5 @@ def test_demo_shaped_network_fits_the_icebreaker(tmp_path):
     print("\n" + report.format())
     cells = {u.cell: u for u in report.utilization}
     assert cells["ICESTORM_RAM"].used <= 30 and cells["ICESTORM_LC"].used <= 5280
+    assert report.memory_blocks == cells["ICESTORM_RAM"].used
     assert report.timing_met

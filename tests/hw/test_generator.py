@@ -69,9 +69,10 @@ def test_verilog_demo_shaped_network():
 def test_estimate_memory_demo():
     net = demo_shaped_network()
     rows = {r["name"]: r for r in estimate_memory(net, lanes=1)}
-    # the pixel list: channel (1 bit), row and column (5 bits each), pixel (8 bits)
-    assert rows["input.pixel_list"] == {"name": "input.pixel_list", "depth": 784, "width": 19, "bits": 784 * 19,
-                                        "ice40_ebr": 5}
+    # the pixel list: row and column (5 bits each), pixel (8 bits); a one-channel input's channel bit is constant
+    assert rows["input.pixel_list"] == {"name": "input.pixel_list", "depth": 784, "width": 18, "bits": 784 * 18,
+                                        "kind": "ram", "ice40_ebr": 5}
+    assert rows["layer1.membrane"]["transparent"] and rows["layer1.weights"]["kind"] == "rom"
     assert rows["layer1.membrane"]["depth"] == 8 * 14 * 14
     assert rows["layer1.membrane"]["width"] == net.populations[1].acc_bits
     assert rows["layer2.weights"]["depth"] == 16 * 8 * 9 and rows["layer2.weights"]["width"] == 4

@@ -54,3 +54,52 @@ def test_a_readout_with_rows_takes_one_lane():
     assert choose_lanes(net, 4) == {1: 4, 2: 1}
     with pytest.raises(UnsupportedNetworkError, match="can use 1 to 1 lanes"):
         choose_lanes(net, {"readout": 2})
+
+
+def _nextpnr_builds():
+    import json
+
+    return json.loads(open("tests/data/nextpnr-block-ram.json").read())["builds"]
+
+
+@pytest.mark.parametrize("built", _nextpnr_builds(), ids=lambda b: f"{b['network'].rsplit('/', 1)[-1]}-{b['board']}")
+def test_memory_precheck_counts_the_blocks_nextpnr_placed(built):
+    """The pre-check's block count (each memory in its best block shape, shallow ones in logic, ROMs over the
+    ECP5's parity bits) equals nextpnr's for every committed network's build, with that build's lanes."""
+    from spikeforge.hw.bitstream import memory_precheck
+
+    net = netimage.load(built["network"])
+    names = {pop.name: p for p, pop in enumerate(net.populations)}
+    lanes = choose_lanes(net, {names[name]: count for name, count in built["lanes"].items()})
+    _, blocks = memory_precheck(net, built["board"], lanes)
+    assert blocks == built["used"]
+    assert estimate_ram_blocks(net, lanes, DEVICES[built["board"]]) == built["used"]
+
+
+def test_block_shapes_count_usable_bits():
+    """A 4-bit-wide DP16KD holds 16 kbit (4096 x 4), a 9-bit-wide one 18 kbit (2048 x 9); iCE40 EBR 4 kbit at
+    every width; memories that cost less in logic or LUT RAM go there; the iCE40's pixel list is in SPRAM."""
+    from spikeforge.hw.lanes import memory_blocks
+
+    ecp5, ice40 = DEVICES["ulx3s-85f"], DEVICES["icebreaker"]
+
+    def row(depth, width, kind="ram", name="x.membrane"):
+        return {"name": name, "depth": depth, "width": width, "bits": depth * width, "kind": kind,
+                "transparent": name.endswith(".membrane")}
+
+    assert memory_blocks(row(8192, 4), ecp5) == 2          # 32 kbit of 4-bit words: two 16 kbit blocks
+    assert memory_blocks(row(4096, 9), ecp5) == 2          # 36 kbit of 9-bit words: two 18 kbit blocks
+    assert memory_blocks(row(4096, 8), ecp5) == 2          # 2048 x 9 holds 8-bit words too
+    assert memory_blocks(row(16384, 1), ecp5) == 1 and memory_blocks(row(16385, 1), ecp5) == 2
+    assert memory_blocks(row(512, 36), ecp5) == 1 and memory_blocks(row(512, 37), ecp5) == 2
+    assert memory_blocks(row(16, 104), ecp5) == 0          # LUT RAM (nextpnr: TRELLIS_DPR16X4)
+    assert memory_blocks(row(49, 144), ecp5) == 4          # 4 banks of LUT RAM and their multiplexer cost more
+    assert memory_blocks(row(50176, 32, "rom"), ecp5) == 89  # a ROM spreads over the parity bits (nextpnr: 89)
+    assert memory_blocks(row(50176, 32), ecp5) == 98       # a RAM does not
+    assert memory_blocks(row(256, 16), ice40) == memory_blocks(row(2048, 2), ice40) == 1
+    assert memory_blocks(row(2048, 3, 'rom'), ice40) == 2 and memory_blocks(row(60, 10, 'rom'), ice40) == 0  # 600 ROM bits: logic
+    assert memory_blocks(row(9, 38), ice40) == 3  # 342 flip-flops cost more than 3 blocks (nextpnr: 3)
+    assert memory_blocks(row(5, 26), ice40) == 0  # 130 flip-flops cost less than 2 blocks and a bypass
+    assert memory_blocks(row(60, 10), ice40) == 1  # 600 flip-flops cost more than a block
+    assert memory_blocks(row(784, 18, name="input.pixel_list"), ice40) == 0
+    assert memory_blocks(row(784, 18, name="input.pixel_list"), ecp5) == 1
