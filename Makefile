@@ -25,7 +25,7 @@ BOARD ?= icebreaker
 # test images `make gate` runs through the board's synthesized netlist
 GATE_IMAGES ?= 5
 
-.PHONY: setup demo test test-slow regress train sim sim-full gate bitstream clean
+.PHONY: setup demo demo-resnet test test-slow regress train sim sim-full gate bitstream clean
 
 setup: $(STAMP)
 
@@ -44,6 +44,12 @@ $(STAMP): pyproject.toml Makefile
 
 demo: setup
 	$(BIN)/spikeforge demo --dataset $(DATASET) --out $(BUILD)/demo
+
+# the committed spiking ResNet (Fashion-MNIST) on the ULX3S: integer accuracy, 100 images bit-exact in Verilator,
+# the ECP5 bitstream, latency per image (docs/resnet.md); RESNET_BOARD=icebreaker for the small one
+RESNET_BOARD ?= ulx3s-85f
+demo-resnet: setup
+	$(BIN)/spikeforge demo --arch resnet --board $(RESNET_BOARD) --out $(BUILD)/demo-resnet-$(RESNET_BOARD)
 
 # -n auto: pytest-xdist, one worker per core (the suite spends most of its time on one core otherwise)
 test: setup

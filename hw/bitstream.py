@@ -23,7 +23,7 @@ from spikeforge.netimage import Network
 
 __all__ = ["build", "BuildReport", "BitstreamError", "BOARDS", "TOOL_ENV", "parse_nextpnr_log",
            "memory_precheck", "REPORT_FILE", "board_platform", "paths_through_constant_clocks",
-           "timing_failure_sentence"]
+           "timing_failure_sentence", "SYNTH_FLOWS", "classic_abc_steps"]
 
 REPORT_FILE = "report.json"
 
@@ -69,6 +69,21 @@ BOARDS = {
 }
 
 
+# Yosys flows: "default" is synth_<family> (ABC9 maps the LUTs); "abc" maps them with the classic `abc -lut 4`,
+# which avoids an internal assertion of Yosys 0.70's ABC9 on some designs (docs/hardware-flow.md)
+SYNTH_FLOWS = ("default", "abc")
+_ABC9_ASSERT = "GetSize(conn.first) == GetSize(conn.second)"
+
+
+def classic_abc_steps(family: str, command: str) -> list[str]:
+    """The Yosys commands after ``{command} -run :map_luts`` (``command``: the ``synth_<family> ... -top ...``
+    line) that map the LUTs with the classic ``abc -lut 4`` instead of ABC9 and finish the synthesis."""
+    if family == "ice40":
+        return ["techmap -map +/ice40/latches_map.v", "abc -lut 4 -dress", "ice40_wrapcarry -unwrap",
+                "techmap -map +/ice40/ff_map.v", "clean", "opt_lut -tech ice40", f"{command} -run map_cells:"]
+    return ["techmap -map +/lattice/latches_map.v", "abc -lut 4 -dress", "clean", f"{command} -run map_cells:"]
+
+
 class BitstreamError(RuntimeError):
     """The bitstream could not be built; the message says what does not fit or which tool failed, and where
     its log is."""
@@ -111,6 +126,7 @@ class BuildReport:
     clocks: dict[str, tuple[float, float]] = field(default_factory=dict)
     all_cells: dict[str, tuple[int, int]] = field(default_factory=dict)
     lanes: dict[str, int] = field(default_factory=dict)  # population name -> output-channel lanes
+    synth: str = "default"  # the Yosys flow (SYNTH_FLOWS)
 
     @property
     def timing_met(self) -> bool:
@@ -134,6 +150,8 @@ class BuildReport:
             lines.append(f"Fmax: {self.fmax_mhz:.2f} MHz against {clock} ({verdict})")
         if self.lanes:
             lines.append("lanes: " + ", ".join(f"{name} {count}" for name, count in self.lanes.items()))
+        if self.synth != "default":
+            lines.append(f"synthesis: the {self.synth} flow (classic abc -lut 4 instead of ABC9)")
         if self.memory_bits:
             lines.append(f"accelerator memories: {self.memory_bits:,} bits, {self.memory_blocks} block RAMs with the "
                          f"board top's (the memory pre-check)")
@@ -153,7 +171,7 @@ class BuildReport:
             "all_cells": {cell: {"used": used, "available": available}
                           for cell, (used, available) in self.all_cells.items()},
             "memory_bits": self.memory_bits, "memory_blocks": self.memory_blocks, "lanes": self.lanes,
-            "notes": self.notes,
+            "synth": self.synth, "notes": self.notes,
         }
 
     def write_json(self, path: str | Path | None = None) -> Path:
@@ -316,7 +334,7 @@ def timing_failure_sentence(report: BuildReport, family: str, oscillator_mhz: fl
 def build(net: Network, board: str = "icebreaker", out_dir: str | Path = "build/bitstream",
           time_steps: int | None = None, *, baudrate: int = 115200, name: str = "spikeforge",
           timeout_s: float | None = None, clock_mhz: float | None = None,
-          allow_timing_fail: bool = False, lanes=None) -> BuildReport:
+          allow_timing_fail: bool = False, lanes=None, synth: str = "default") -> BuildReport:
     """Build the board top for ``net`` into ``out_dir``; nothing is programmed.
 
     The design runs at ``clock_mhz`` (the board's default when None: ``BOARDS[board].default_clock_mhz``) made
@@ -324,7 +342,7 @@ def build(net: Network, board: str = "icebreaker", out_dir: str | Path = "build/
     told that clock and runs with ``--timing-allow-fail``, so a slower design still yields a bitstream and
     ``report.json``; then, unless ``allow_timing_fail``, BitstreamError says by how much it missed.
     ``lanes`` (``choose_lanes`` forms) defaults to the device's lane plan (``spikeforge.hw.lanes.plan_lanes``).
-    Tools come from $YOSYS, $NEXTPNR_ICE40, ... (set to the YoWASP builds when unset).
+    ``synth`` is one of :data:`SYNTH_FLOWS`. Tools come from $YOSYS, $NEXTPNR_ICE40, ... (set to the YoWASP builds when unset).
     """
     from .accelerator import Accelerator, choose_lanes
     from .board import BoardTop
@@ -334,6 +352,8 @@ def build(net: Network, board: str = "icebreaker", out_dir: str | Path = "build/
     if board not in BOARDS:
         raise BitstreamError(f"unknown board {board!r}; choose one of {', '.join(BOARDS)}")
     spec = BOARDS[board]
+    if synth not in SYNTH_FLOWS:
+        raise BitstreamError(f"unknown synthesis flow {synth!r}; choose one of {', '.join(SYNTH_FLOWS)}")
     requested = spec.default_clock_mhz if clock_mhz is None else float(clock_mhz)
     platform = board_platform(board)
     chosen = plan_lanes(net, board) if lanes is None else choose_lanes(net, lanes)
@@ -362,7 +382,13 @@ def build(net: Network, board: str = "icebreaker", out_dir: str | Path = "build/
     started = time.perf_counter()
     # nextpnr derives the PLL output's constraint from the oscillator pin's and the PLL's dividers (the report
     # checks it); a named constraint would depend on which alias of the clock net survives flattening
-    plan = platform.prepare(top, name=name, nextpnr_opts="--timing-allow-fail", synth_opts=spec.synth_opts)
+    if synth == "abc":
+        command = " ".join(filter(None, [f"synth_{spec.family}", spec.synth_opts, f"-top {name}"]))
+        flow = dict(synth_opts=" ".join(filter(None, [spec.synth_opts, "-run :map_luts"])),
+                    script_after_synth="\n".join(classic_abc_steps(spec.family, command)))
+    else:
+        flow = dict(synth_opts=spec.synth_opts)
+    plan = platform.prepare(top, name=name, nextpnr_opts="--timing-allow-fail", **flow)
     plan.extract(str(out))
     proc = subprocess.run(["sh", f"{plan.script}.sh"], cwd=out, capture_output=True, text=True,
                           timeout=timeout_s)
@@ -377,8 +403,10 @@ def build(net: Network, board: str = "icebreaker", out_dir: str | Path = "build/
                                  f"narrower weights")
         tool_log = log_path if log else out / f"{name}.rpt"
         detail = _tail(tool_log) or (proc.stderr.strip().splitlines() or ["no message"])[-1]
+        hint = "; Yosys's ABC9 stops on this design: build with the classic ABC mapping (--synth abc)" \
+            if synth == "default" and _ABC9_ASSERT in detail else ""
         raise BitstreamError(f"the {board} build failed (exit status {proc.returncode}): {detail}; see "
-                             f"{tool_log} and {out / (name + '.build.log')}")
+                             f"{tool_log} and {out / (name + '.build.log')}{hint}")
     bitstream = out / f"{name}{spec.bitstream_suffix}"
     if not bitstream.is_file():
         raise BitstreamError(f"the {board} build finished but wrote no {bitstream}; see {out / (name + '.build.log')}")
@@ -403,7 +431,7 @@ def build(net: Network, board: str = "icebreaker", out_dir: str | Path = "build/
                          build_s=time.perf_counter() - started, memory_bits=memory_bits,
                          memory_blocks=memory_blocks, requested_mhz=requested,
                          pll=_pll_dict(setting), clocks=clocks, all_cells=util, notes=notes,
-                         lanes={net.populations[p].name: count for p, count in chosen.items()})
+                         lanes={net.populations[p].name: count for p, count in chosen.items()}, synth=synth)
     report.write_json()
     if not report.timing_met and not allow_timing_fail:
         bitstream.unlink()  # a board clocked beyond the design's Fmax may compute wrong results

@@ -22,6 +22,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from spikeforge.hw.bitstream import SYNTH_FLOWS, classic_abc_steps
 from spikeforge.netimage import Network
 from spikeforge.record import SpikeRecord, first_cycle_mismatch, first_mismatch
 
@@ -33,7 +34,6 @@ from .rtl import RtlSimError, build_runners, run_chunks, simulate_chunk
 __all__ = ["GateSimError", "run_gate", "synthesize", "synthesis_script", "compare", "Netlist", "SYNTH_FLOWS",
            "FAMILY_NAMES", "gate_source"]
 
-SYNTH_FLOWS = ("default", "abc")
 FAMILY_NAMES = {"ice40": "iCE40", "ecp5": "ECP5"}
 NETLIST = "netlist.v"
 
@@ -68,13 +68,8 @@ def synthesis_script(board: str, synth: str = "default") -> str:
     command = " ".join(filter(None, [f"synth_{spec.family}", spec.synth_opts, f"-top {TOPLEVEL}"]))
     if synth == "default":
         steps = [command]
-    elif spec.family == "ice40":
-        steps = [f"{command} -run :map_luts", "techmap -map +/ice40/latches_map.v", "abc -lut 4 -dress",
-                 "ice40_wrapcarry -unwrap", "techmap -map +/ice40/ff_map.v", "clean", "opt_lut -tech ice40",
-                 f"{command} -run map_cells:"]
     else:
-        steps = [f"{command} -run :map_luts", "techmap -map +/lattice/latches_map.v", "abc -lut 4 -dress", "clean",
-                 f"{command} -run map_cells:"]
+        steps = [f"{command} -run :map_luts", *classic_abc_steps(spec.family, command)]
     # splitnets: one wire per bit. It renames nets and changes no cell, and without it Icarus rebuilds a whole bus
     # (a lane datapath of 100+ bits) for every reader each time one bit changes: 20-30x slower
     return "\n".join(["read_rtlil design.il", *steps, "splitnets", f"write_verilog -noattr {NETLIST}", ""])

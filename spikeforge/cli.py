@@ -392,50 +392,75 @@ def cmd_bitstream(args) -> int:
     report = build(net, board=args.board, out_dir=args.out, time_steps=args.time_steps,
                    clock_mhz=getattr(args, "clock", None),
                    allow_timing_fail=getattr(args, "allow_timing_fail", False),
-                   lanes=_lanes(args, net, args.board))
+                   lanes=_lanes(args, net, args.board), synth=args.synth)
     print(report.format())
     return 0
 
 
+# `spikeforge demo --arch resnet`: the committed spiking ResNets (docs/resnet.md) per board, with the lanes and the
+# Yosys flow their bitstreams are built with (docs/resnet.md says why)
+RESNET_DEMO = {
+    "ulx3s-85f": ("tests/data/resnet8-fm-ulx3s.sfnet", "8", "abc"),
+    "icebreaker": ("tests/data/resnet8-fm-icebreaker.sfnet", "auto", "default"),
+}
+RESNET_DEMO_DATASET = "fashion-mnist"
+
+
 def cmd_demo(args) -> int:
-    from spikeforge.sw.train import preset, train
-
-    if args.rtl_images < 1:  # found before the training, not after it
-        raise CliError(f"--rtl-images {args.rtl_images}: give a positive number of test images to simulate")
-    out = Path(args.out)
+    resnet = args.arch == "resnet"
+    board = args.board or ("ulx3s-85f" if resnet else "icebreaker")
+    dataset = args.dataset or (RESNET_DEMO_DATASET if resnet else "mnist")
+    rtl_images = args.rtl_images if args.rtl_images is not None else (100 if resnet else 20)
+    if rtl_images < 1:  # found before the training, not after it
+        raise CliError(f"--rtl-images {rtl_images}: give a positive number of test images to simulate")
+    if resnet and dataset != RESNET_DEMO_DATASET:
+        raise CliError(f"--arch resnet: the committed ResNets are trained on {RESNET_DEMO_DATASET}, not {dataset}; "
+                       f"leave --dataset out")
+    out = Path(args.out or ("build/demo-resnet" if resnet else "build/demo"))
     started = time.perf_counter()
-    print(f"== 1/5 train ({args.dataset}, demo schedule) -> {out}")
-    config = preset("demo", dataset=args.dataset, out=str(out), data_dir=args.data_dir)
-    summary = train(config)
-    network_path = out / "network.sfnet"  # the trainer exports its network there
-    net = netimage.load(network_path)
-    print(netimage.summary(net))
+    summary = None
+    if resnet:
+        name, lanes, synth = RESNET_DEMO[board]
+        network_path = Path(__file__).resolve().parents[1] / name
+        print(f"== 1/5 the committed spiking ResNet for the {board}: {name}")
+        print(netimage.summary(_load_network(str(network_path))))
+    else:
+        from spikeforge.sw.train import preset, train
 
-    print(f"== 2/5 deployed integer network on the {args.dataset} test set")
+        lanes, synth = "auto", "default"
+        print(f"== 1/5 train ({dataset}, demo schedule) -> {out}")
+        summary = train(preset("demo", dataset=dataset, out=str(out), data_dir=args.data_dir))
+        network_path = out / "network.sfnet"  # the trainer exports its network there
+        print(netimage.summary(netimage.load(network_path)))
+
+    print(f"== 2/5 deployed integer network on the {dataset} test set")
     # the steps' options go through the parser, so that every option a command has gets its default
-    data = ["--dataset", args.dataset] + (["--data-dir", str(args.data_dir)] if args.data_dir else [])
+    data = ["--dataset", dataset] + (["--data-dir", str(args.data_dir)] if args.data_dir else [])
     parser = build_parser()
     cmd_run(parser.parse_args(["run", str(network_path), "--backend", "int", *data]))
 
-    print(f"== 3/5 RTL simulation (Icarus) on {args.rtl_images} test images, compared with the reference")
+    simulator = "verilator" if resnet else "icarus"
+    print(f"== 3/5 RTL simulation ({SIMULATOR_NAMES[simulator]}) on {rtl_images} test images, compared with the "
+          f"reference")
     status = cmd_run(parser.parse_args(["run", str(network_path), "--backend", "rtl", *data, "--images",
-                                        str(args.rtl_images), "--build-dir", str(out / "rtl"), "--board", args.board,
-                                        "--simulator", "icarus"]))
+                                        str(rtl_images), "--build-dir", str(out / "rtl"), "--board", board,
+                                        "--lanes", lanes, "--simulator", simulator]))
     if status:
         return status
 
-    print(f"== 4/5 bitstream ({args.board})")
-    from spikeforge.hw.bitstream import build
+    print(f"== 4/5 bitstream ({board}, lanes {lanes})")
+    cmd_bitstream(parser.parse_args(["bitstream", str(network_path), "--board", board, "--out", str(out / "bitstream"),
+                                     "--lanes", lanes, "--synth", synth]))
+    import json
 
-    report = build(net, board=args.board, out_dir=out / "bitstream", lanes=_lanes(args, net, args.board))
-    print(report.format())
-
-    print(f"== 5/5 latency per image at the bitstream's {report.target_mhz:g} MHz (cycle model, {DEMO_PERF_IMAGES} "
-          f"test images)")
+    clock = json.loads((out / "bitstream" / "report.json").read_text())["clock"]["target_mhz"]
+    print(f"== 5/5 latency per image at the bitstream's {clock:g} MHz (cycle model, {DEMO_PERF_IMAGES} test images)")
     cmd_perf(parser.parse_args(["perf", str(network_path), *data, "--images", str(DEMO_PERF_IMAGES), "--board",
-                                args.board, "--clock", str(report.target_mhz), "--json", str(out / "perf.json")]))
-    print("\nfloat / QAT / deployed accuracy: " + " / ".join(
-        f"{summary.get(k, float('nan')) * 100:.2f}%" for k in ("float_accuracy", "qat_accuracy", "deployed_accuracy")))
+                                board, "--lanes", lanes, "--clock", str(clock), "--json", str(out / "perf.json")]))
+    if summary is not None:
+        print("\nfloat / QAT / deployed accuracy: " + " / ".join(
+            f"{summary.get(k, float('nan')) * 100:.2f}%" for k in ("float_accuracy", "qat_accuracy",
+                                                                    "deployed_accuracy")))
     print(f"demo finished in {time.perf_counter() - started:.0f} s")
     return 0
 
@@ -542,17 +567,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-timing-fail", action="store_true",
                    help="keep the bitstream when the design's Fmax is below the clock (default: refuse it)")
     p.add_argument("--lanes", default="auto", help=LANES_HELP)
+    p.add_argument("--synth", choices=SYNTH_FLOWS, default="default",
+                   help="Yosys flow: default (ABC9) or abc (the classic abc -lut 4; for designs where Yosys 0.70's "
+                        "ABC9 stops on an internal assertion)")
     p.set_defaults(func=cmd_bitstream)
 
     # gradflow has its own parser (spikeforge.sw.gradflow.main); main() hands it the arguments directly
     sub.add_parser("gradflow", add_help=False,
                    help="gradient norm vs depth at initialization for several surrogate widths (table + PNG)")
 
-    p = sub.add_parser("demo", help="end to end: train (short), deploy, prove the RTL bit-exact, build a bitstream")
-    data_args(p, EMBEDDED_DATASETS, "embedded dataset (default: mnist)", idx_dir_help)
-    p.add_argument("--out", default="build/demo", help="output folder")
-    p.add_argument("--rtl-images", type=int, default=20, help="test images to simulate in Icarus (default 20)")
-    p.add_argument("--board", choices=BOARDS, default="icebreaker")
+    p = sub.add_parser("demo", help="end to end: train (short), deploy, prove the RTL bit-exact, build a bitstream; "
+                                    "--arch resnet: the same from the committed spiking ResNet, without training")
+    data_args(p, EMBEDDED_DATASETS, "embedded dataset (default: mnist; fashion-mnist with --arch resnet)",
+              idx_dir_help)
+    p.set_defaults(dataset=None)
+    p.add_argument("--arch", choices=("chain", "resnet"), default="chain",
+                   help="chain: train the demo network first (default); resnet: the committed ResNet for --board")
+    p.add_argument("--out", help="output folder (default build/demo, build/demo-resnet)")
+    p.add_argument("--rtl-images", type=int, help="test images to simulate (default 20 in Icarus; resnet: 100 in "
+                                                  "Verilator)")
+    p.add_argument("--board", choices=BOARDS, help="default icebreaker (resnet: ulx3s-85f)")
     p.set_defaults(func=cmd_demo)
     return parser
 

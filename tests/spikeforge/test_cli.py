@@ -16,9 +16,9 @@ from spikeforge.testing import random_network
     ("inspect", ["network"]),
     ("run", ["--backend", "{torch,int,rtl,fpga,gate}", "--images", "--waves", "--port", "--simulator",
              "{icarus,verilator}", "--input", "--seed", "--synth", "{default,abc}"]),
-    ("bitstream", ["--board", "{icebreaker,ulx3s-85f}", "--lanes", "--clock"]),
+    ("bitstream", ["--board", "{icebreaker,ulx3s-85f}", "--lanes", "--clock", "--synth", "{default,abc}"]),
     ("perf", ["--board", "--lanes", "--clock", "--images", "--json"]),
-    ("demo", ["--rtl-images", "--board"]),
+    ("demo", ["--rtl-images", "--board", "--arch", "{chain,resnet}"]),
 ])
 def test_help_lists_the_options(command, expected):
     out = subprocess.run([sys.executable, "-m", "spikeforge.cli", command, "--help"], capture_output=True,
@@ -190,6 +190,25 @@ def test_demo_refuses_no_rtl_images_before_training(tmp_path, capsys):
     status = cli.main(["demo", "--rtl-images", "0", "--out", str(tmp_path / "demo")])
     one_sentence(capsys, status, "--rtl-images 0: give a positive number")
     assert not (tmp_path / "demo").exists()
+
+
+def test_resnet_demo_refuses_another_dataset_before_any_step(tmp_path, capsys):
+    status = cli.main(["demo", "--arch", "resnet", "--dataset", "mnist", "--out", str(tmp_path / "demo")])
+    one_sentence(capsys, status, "--arch resnet: the committed ResNets are trained on fashion-mnist, not mnist")
+    assert not (tmp_path / "demo").exists()
+
+
+def test_resnet_demo_networks_are_committed():
+    """`make demo-resnet` runs from these files: each exists, is a spiking ResNet with joins, and fits its board's
+    block RAM with the lanes the demo builds it with."""
+    from spikeforge.hw.bitstream import memory_precheck
+    from spikeforge.hw.lanes import parse_lanes
+
+    for board, (name, lanes, _) in cli.RESNET_DEMO.items():
+        net = netimage.load(name)
+        joins = [pop for pop in net.populations if len({proj.source for proj in pop.projections}) == 2]
+        assert len(joins) == 3 and net.time_steps == 10 and net.metadata["dataset"] == "fashion-mnist", name
+        memory_precheck(net, board, parse_lanes(lanes, net, board))
 
 
 def test_run_missing_colour_dataset_folder(tmp_path, capsys):
