@@ -84,12 +84,14 @@ class LanePlan(dict):
     __hash__ = None
 
     def describe(self, net: Network) -> str:
-        """One line: the lanes per layer, and the memories in SPRAM."""
+        """One line: the lanes per layer, then what differs from the usual placement (membranes in SPRAM, the
+        pixel list in block RAM)."""
         text = ", ".join(f"{net.populations[p].name} {n}" for p, n in self.items())
         if self.spram:
             text += ("; membranes in SPRAM (half rate): "
                      + ", ".join(net.populations[p].name for p in sorted(self.spram)))
-        text += "; pixel list in " + ("SPRAM" if self.pixel_list_spram else "block RAM")
+        if not self.pixel_list_spram:
+            text += "; pixel list in block RAM"
         return text
 
 
@@ -274,12 +276,12 @@ class Accelerator(wiring.Component):
         super().__init__(members)
 
     def elaborate(self, platform):
+        if uses_spram(platform):
+            self._check_spram_blocks(platform)
         m = Module()
         net, T = self.net, self.time_steps
         pops = net.populations
 
-        if uses_spram(platform):
-            self._check_spram_blocks(platform)
         m.submodules.input = input_unit = InputUnit(net.input, T, pixel_list_spram=self.pixel_list_spram)
 
         units = {}

@@ -1,14 +1,16 @@
 """The lane plan (spikeforge.hw.lanes): what it picks for the demo network on each board, that its picks fit
-the device's estimates, and the --lanes option's forms and refusals."""
+the device's estimates, when it puts membranes in the UP5K's SPRAM, and the --lanes option's forms and
+refusals."""
 
 from __future__ import annotations
 
 import pytest
 
 from spikeforge import netimage
-from spikeforge.hw.accelerator import UnsupportedNetworkError, choose_lanes
-from spikeforge.hw.lanes import DEVICES, estimate_logic, estimate_ram_blocks, parse_lanes, plan_lanes
-from spikeforge.testing import random_network
+from spikeforge.hw.accelerator import LanePlan, UnsupportedNetworkError, choose_lanes
+from spikeforge.hw.lanes import (DEVICES, estimate_logic, estimate_ram_blocks, estimate_spram_blocks, parse_lanes,
+                                 place_memories, plan_lanes)
+from spikeforge.testing import random_network, random_residual_network
 from hw_helpers import demo_shaped_network
 
 DEMO = "tests/data/demo-mnist.sfnet"
@@ -54,3 +56,45 @@ def test_a_readout_with_rows_takes_one_lane():
     assert choose_lanes(net, 4) == {1: 4, 2: 1}
     with pytest.raises(UnsupportedNetworkError, match="can use 1 to 1 lanes"):
         choose_lanes(net, {"readout": 2})
+
+
+def _resnet_beyond_the_block_ram():
+    """A ResNet-8-shaped network (28x28 input, stride-2 stem of 5 channels, blocks of 5, 10 and 20): one lane per
+    layer needs 32 block RAMs of the UP5K's 30 (one kept free)."""
+    return random_residual_network(1, input_shape=(1, 28, 28), layers=[
+        ("conv", 5, 3, 2, 1), ("block", 5, 1), ("block", 10, 2), ("block", 20, 2), ("dense", 10)], wbits=4,
+        time_steps=4)
+
+
+def test_the_plan_moves_membranes_to_spram_when_the_block_ram_does_not_suffice():
+    net = _resnet_beyond_the_block_ram()
+    device = DEVICES["icebreaker"]
+    one = {p: 1 for p in range(1, len(net.populations))}
+    assert estimate_ram_blocks(net, LanePlan(one), device) > device.ram_blocks - device.ram_margin
+    plan = plan_lanes(net, "icebreaker")
+    assert isinstance(plan, LanePlan) and plan.spram, plan
+    assert estimate_ram_blocks(net, plan, device) <= device.ram_blocks - device.ram_margin
+    assert estimate_spram_blocks(net, plan) <= device.spram_blocks
+    assert estimate_logic(net, plan) <= device.logic_fill * device.logic_cells
+    # the placement of those lanes is the best one place_memories finds, and it needs SPRAM
+    assert place_memories(net, plan, device) == plan
+    # the ECP5 has no SPRAM: every membrane stays in block RAM there
+    assert not plan_lanes(net, "ulx3s-85f").spram
+    # lanes given by hand get their memories placed too
+    by_hand = parse_lanes("1", net, "icebreaker")
+    assert by_hand.spram and estimate_ram_blocks(net, by_hand, device) <= device.ram_blocks - device.ram_margin
+
+
+def test_the_demo_needs_no_spram_membranes():
+    plan = plan_lanes(netimage.load(DEMO), "icebreaker")
+    assert plan.spram == frozenset() and plan.pixel_list_spram
+
+
+def test_a_network_that_fits_nowhere_gets_the_placement_that_saves_most():
+    net = random_residual_network(1, input_shape=(1, 28, 28), layers=[
+        ("conv", 8, 3, 2, 1), ("block", 8, 1), ("block", 16, 2), ("block", 32, 2), ("dense", 10)], wbits=4)
+    device = DEVICES["icebreaker"]
+    plan = plan_lanes(net, "icebreaker")
+    assert set(plan.values()) == {1} and plan.spram
+    assert estimate_spram_blocks(net, plan) <= device.spram_blocks
+    assert estimate_ram_blocks(net, plan, device) > device.ram_blocks - device.ram_margin
