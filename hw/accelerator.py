@@ -2,8 +2,9 @@
 
 An input unit replays the image as graded events once per time step; one layer unit per population accumulates
 the events of all its projections' sources into membrane memory and then updates, fires and streams its own
-spikes to every later unit that reads them (a fan-out with one FIFO per reader). docs/architecture.md explains the
-schedule, why it cannot deadlock, the cycle cost and the memory budget. Torch-free on purpose.
+spikes to every later unit that reads them (a fan-out with one FIFO per reader). A layer whose membrane the plan
+(``LanePlan``) puts in single-port SPRAM runs at half rate (``HalfRateLayerUnit``). docs/architecture.md explains
+the schedule, why it cannot deadlock, the cycle cost and the memory budget. Torch-free on purpose.
 """
 
 from __future__ import annotations
