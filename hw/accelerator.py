@@ -2,8 +2,9 @@
 
 An input unit replays the image as graded events once per time step; one layer unit per population accumulates
 the events of all its projections' sources into membrane memory and then updates, fires and streams its own
-spikes to every later unit that reads them (a fan-out with one FIFO per reader). docs/architecture.md explains the
-schedule, why it cannot deadlock, the cycle cost and the memory budget. Torch-free on purpose.
+spikes to every later unit that reads them (a fan-out with one FIFO per reader). A layer whose membrane the plan
+(``LanePlan``) puts in single-port SPRAM runs at half rate (``HalfRateLayerUnit``). docs/architecture.md explains
+the schedule, why it cannot deadlock, the cycle cost and the memory budget. Torch-free on purpose.
 """
 
 from __future__ import annotations
@@ -11,17 +12,19 @@ from __future__ import annotations
 import functools
 import operator
 
-from amaranth.hdl import Module, Signal, unsigned, signed
+from amaranth.hdl import Module, Mux, Signal, unsigned, signed
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from spikeforge.netimage import Network
 
-from .layers import (DEFAULT_MAX_LANES, EventFanout, InputUnit, LayerUnit, channel_words, event_layout, grid,
-                     index_bits, lane_limit, projection_groups, weight_words)
+from .layers import (DEFAULT_MAX_LANES, EventFanout, HalfRateLayerUnit, InputUnit, LayerUnit, channel_words,
+                     event_layout, grid, index_bits, lane_limit, projection_groups, weight_words)
+from .spram import SPRAM_BLOCKS, spram_blocks, uses_spram
 
 __all__ = ["Accelerator", "UnsupportedNetworkError", "check_supported", "consumers", "estimate_memory",
-           "ice40_ebr_blocks", "choose_lanes", "DEFAULT_MAX_ACC_BITS", "DEFAULT_MAX_LANES"]
+           "ice40_ebr_blocks", "choose_lanes", "choose_spram", "LanePlan", "DEFAULT_MAX_ACC_BITS",
+           "DEFAULT_MAX_LANES"]
 
 DEFAULT_MAX_ACC_BITS = 32
 
@@ -55,14 +58,72 @@ def consumers(net: Network) -> dict[int, list[int]]:
     return readers
 
 
+class LanePlan(dict):
+    """The plan of a design: ``{population index: lanes}`` (a dict, so it goes wherever lanes go) and where the
+    memories that may be SPRAM live.
+
+    ``spram``: the populations whose membranes are in single-port SPRAM (``HalfRateLayerUnit``: half rate);
+    ``pixel_list_spram``: whether the input's pixel list is SPRAM (on an iCE40 UltraPlus; block RAM when False).
+    ``spikeforge.hw.lanes.plan_lanes`` makes one; ``Accelerator`` and ``CycleModel`` read it from ``lanes``.
+    """
+
+    def __init__(self, lanes=(), *, spram=(), pixel_list_spram: bool = True):
+        super().__init__(lanes)
+        self.spram = frozenset(spram)
+        self.pixel_list_spram = bool(pixel_list_spram)
+
+    def __repr__(self):
+        return (f"LanePlan({dict(self)!r}, spram={sorted(self.spram)!r}, "
+                f"pixel_list_spram={self.pixel_list_spram!r})")
+
+    def __eq__(self, other):
+        if isinstance(other, LanePlan):
+            return (dict(self) == dict(other) and self.spram == other.spram
+                    and self.pixel_list_spram == other.pixel_list_spram)
+        return dict.__eq__(self, other) if not self.spram and self.pixel_list_spram else False
+
+    __hash__ = None
+
+    def describe(self, net: Network) -> str:
+        """One line: the lanes per layer, then what differs from the usual placement (membranes in SPRAM, the
+        pixel list in block RAM)."""
+        text = ", ".join(f"{net.populations[p].name} {n}" for p, n in self.items())
+        if self.spram:
+            text += ("; membranes in SPRAM (half rate): "
+                     + ", ".join(net.populations[p].name for p in sorted(self.spram)))
+        if not self.pixel_list_spram:
+            text += "; pixel list in block RAM"
+        return text
+
+
+def choose_spram(net: Network, spram) -> frozenset[int]:
+    """The populations named by ``spram`` (indices or names of layers; None: none), as a set of indices; an
+    unknown name or the input is refused with a sentence naming it."""
+    if spram is None:
+        return frozenset()
+    pops = net.populations
+    names = {pop.name: p for p, pop in enumerate(pops)}
+    chosen = set()
+    for key in spram:
+        p = names.get(key, key)
+        if not isinstance(p, int) or not 1 <= p < len(pops):
+            raise UnsupportedNetworkError(f"a membrane in SPRAM was asked for {key!r}, which is not a layer of this "
+                                          f"network (layers: {', '.join(pop.name for pop in pops[1:])})")
+        chosen.add(p)
+    return frozenset(chosen)
+
+
 def choose_lanes(net: Network, lanes=None, *, max_lanes: int = DEFAULT_MAX_LANES) -> dict[int, int]:
     """Output-channel lanes per non-input population: ``{population index: lanes}``.
 
     ``lanes`` may be None (every population gets as many lanes as it has channels, at most ``max_lanes``), one
     int for all populations (capped at each population's ``lane_limit``), or a dict from population index or name
     to lanes (the others as for None). A lane count outside 1 .. ``lane_limit`` for a named population is refused
-    with a sentence naming it.
+    with a sentence naming it. A ``LanePlan`` comes back as a LanePlan with the same memory placement.
     """
+    if isinstance(lanes, LanePlan):
+        return LanePlan(choose_lanes(net, dict(lanes), max_lanes=max_lanes),
+                        spram=choose_spram(net, lanes.spram), pixel_list_spram=lanes.pixel_list_spram)
     pops = net.populations
     chosen = {p: min(lane_limit(pop), max_lanes) for p, pop in enumerate(pops) if p > 0}
     if lanes is None:
@@ -152,8 +213,16 @@ class Accelerator(wiring.Component):
         Refuse populations whose ``acc_bits`` is wider.
     fifo_depth : int
         Depth of the event FIFOs: one per (reader, source population) pair, at least 1.
-    lanes : None, int or dict
+    lanes : None, int, dict or LanePlan
         Output-channel lanes per population (``choose_lanes``): each layer updates that many neurons per cycle.
+        A ``LanePlan`` (``spikeforge.hw.lanes.plan_lanes``) also says which membranes are SPRAM and where the
+        pixel list is.
+    spram : None or iterable of population indices or names
+        The layers whose membranes go to single-port SPRAM: each becomes a ``HalfRateLayerUnit`` (two clock
+        cycles per unit cycle; same spikes). None: the LanePlan's choice (none for a plain dict).
+    pixel_list_spram : None or bool
+        Whether the input's pixel list may be SPRAM (on an iCE40 UltraPlus); None: the LanePlan's choice (True
+        for a plain dict).
 
     Members
     -------
@@ -177,15 +246,19 @@ class Accelerator(wiring.Component):
     Throughput: the input unit replays ``nonzero + 1`` cycles per step; a layer spends one cycle per membrane
     word that an event lands on, for each of its projections (taps that miss cost nothing), one cycle per
     source's end token, and about ``words + 5`` cycles per update pass plus one per extra spike in a word; the
-    layers overlap (a layer accumulates step t+1 while its readers still process step t). docs/architecture.md
-    gives the exact cycle model (``spikeforge perf``).
+    layers overlap (a layer accumulates step t+1 while its readers still process step t). A half-rate layer
+    (``spram``) takes two clock cycles for each of its own. docs/architecture.md gives the exact cycle model
+    (``spikeforge perf``).
     """
 
     def __init__(self, net: Network, time_steps: int | None = None, *, max_acc_bits: int = DEFAULT_MAX_ACC_BITS,
-                 fifo_depth: int = 4, lanes=None):
+                 fifo_depth: int = 4, lanes=None, spram=None, pixel_list_spram: bool | None = None):
         try:
             check_supported(net, max_acc_bits)
             self.lanes = choose_lanes(net, lanes)
+            plan = lanes if isinstance(lanes, LanePlan) else LanePlan()
+            self.spram = choose_spram(net, plan.spram if spram is None else spram)
+            self.pixel_list_spram = plan.pixel_list_spram if pixel_list_spram is None else bool(pixel_list_spram)
         except UnsupportedNetworkError:
             self._MustUse__silence = True  # a refused network is not an unused elaboratable
             raise
@@ -207,17 +280,35 @@ class Accelerator(wiring.Component):
         super().__init__(members)
 
     def elaborate(self, platform):
+        if uses_spram(platform):
+            self._check_spram_blocks(platform)
         m = Module()
         net, T = self.net, self.time_steps
         pops = net.populations
 
-        m.submodules.input = input_unit = InputUnit(net.input, T)
-        wiring.connect(m, wiring.flipped(self.pixels), input_unit.pixels)
+        m.submodules.input = input_unit = InputUnit(net.input, T, pixel_list_spram=self.pixel_list_spram)
 
         units = {}
         for p in range(1, len(pops)):
-            units[p] = m.submodules[f"layer{p}"] = LayerUnit(net, p, T, self.lanes[p])
+            unit = HalfRateLayerUnit if p in self.spram else LayerUnit
+            units[p] = m.submodules[f"layer{p}"] = unit(net, p, T, self.lanes[p])
         readout = units[len(pops) - 1]
+
+        # the half-rate units advance when `phase` is high: every other cycle, low in the first cycle of an image
+        # (the cycle after its last pixel), so that an image's cycle count does not depend on what came before;
+        # forcing it low never makes two consecutive high cycles. Pixels wait until their membranes are cleared.
+        ready = Signal(init=1, name="membranes_cleared")
+        if self.spram:
+            phase = Signal(name="half_rate_phase")
+            m.d.sync += phase.eq(Mux(input_unit.loaded, 0, ~phase))
+            for p in sorted(self.spram):
+                m.d.comb += units[p].phase.eq(phase)
+            m.d.comb += ready.eq(functools.reduce(operator.and_, [units[p].cleared for p in sorted(self.spram)]))
+        m.d.comb += [
+            input_unit.pixels.payload.eq(self.pixels.payload),
+            input_unit.pixels.valid.eq(self.pixels.valid & ready),
+            self.pixels.ready.eq(input_unit.pixels.ready & ready),
+        ]
 
         # every producer's stream goes to all its readers, one FIFO each
         for q, readers in consumers(net).items():
@@ -269,3 +360,22 @@ class Accelerator(wiring.Component):
         with m.If(readout.done):
             m.d.sync += [self.busy.eq(0), self.cycles.eq(count + 1)]
         return m
+
+    def spram_blocks(self) -> int:
+        """SB_SPRAM256KA blocks this design takes on an iCE40 UltraPlus: the pixel list's (if there) and one
+        ``ceil(width / 16) x ceil(depth / 16384)`` tiling per membrane in ``spram``."""
+        rows = {r["name"]: r for r in estimate_memory(self.net, lanes=dict(self.lanes))}
+        names = ["input.pixel_list"] if self.pixel_list_spram else []
+        names += [f"{self.net.populations[p].name}.membrane" for p in sorted(self.spram)]
+        return sum(spram_blocks(rows[n]["width"], rows[n]["depth"]) for n in names)
+
+    def _check_spram_blocks(self, platform) -> None:
+        available = SPRAM_BLOCKS[platform.device]
+        needed = self.spram_blocks()
+        if needed > available:
+            what = ", ".join(self.net.populations[p].name for p in sorted(self.spram))
+            also = " and the pixel list" if self.pixel_list_spram else ""
+            raise UnsupportedNetworkError(
+                f"the membranes of {what}{also} need {needed} SPRAM blocks of 16K x 16 in SPRAM, the "
+                f"{platform.device} has {available}; put fewer membranes in SPRAM (or the pixel list in block RAM), "
+                f"or give them fewer lanes")

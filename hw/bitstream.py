@@ -57,7 +57,7 @@ BOARDS = {
                                            ("ICESTORM_SPRAM", "SPRAM (256 kbit)"),
                                            ("ICESTORM_DSP", "DSP (16x16 MAC)"),
                                            ("ICESTORM_PLL", "PLL")),
-                         ram_name="30 EBR blocks of 4 kbit; the pixel list is in SPRAM",
+                         ram_name="30 EBR blocks of 4 kbit; what the plan puts in SPRAM not counted",
                          default_clock_mhz=24.0, synth_opts="-dsp"),
     "ulx3s-85f": _Board("ecp5", ".bit", (("TRELLIS_COMB", "LUTs (LUT4)"),
                                          ("TRELLIS_FF", "flip-flops"),
@@ -127,6 +127,9 @@ class BuildReport:
     all_cells: dict[str, tuple[int, int]] = field(default_factory=dict)
     lanes: dict[str, int] = field(default_factory=dict)  # population name -> output-channel lanes
     synth: str = "default"  # the Yosys flow (SYNTH_FLOWS)
+    # where the plan put the memories that may be SPRAM: {"spram_membranes": [names], "pixel_list": "SPRAM" or
+    # "block RAM", "spram_blocks": n}
+    memory_plan: dict = field(default_factory=dict)
 
     @property
     def timing_met(self) -> bool:
@@ -152,6 +155,11 @@ class BuildReport:
             lines.append("lanes: " + ", ".join(f"{name} {count}" for name, count in self.lanes.items()))
         if self.synth != "default":
             lines.append(f"synthesis: the {self.synth} flow (classic abc -lut 4 instead of ABC9)")
+        if self.memory_plan:
+            plan = self.memory_plan
+            lines.append(f"SPRAM ({plan['spram_blocks']} blocks): membranes "
+                         f"{', '.join(plan['spram_membranes']) or 'none'} (half rate); pixel list in "
+                         f"{plan['pixel_list']}")
         if self.memory_bits:
             lines.append(f"accelerator memories: {self.memory_bits:,} bits, {self.memory_blocks} block RAMs with the "
                          f"board top's (the memory pre-check)")
@@ -171,7 +179,7 @@ class BuildReport:
             "all_cells": {cell: {"used": used, "available": available}
                           for cell, (used, available) in self.all_cells.items()},
             "memory_bits": self.memory_bits, "memory_blocks": self.memory_blocks, "lanes": self.lanes,
-            "synth": self.synth, "notes": self.notes,
+            "memory_plan": self.memory_plan, "synth": self.synth, "notes": self.notes,
         }
 
     def write_json(self, path: str | Path | None = None) -> Path:
@@ -251,7 +259,8 @@ def memory_precheck(net: Network, board: str, lanes=None) -> tuple[int, int]:
     from .lanes import DEVICES, memory_blocks
 
     spec, device = BOARDS[board], DEVICES[board]
-    rows = estimate_memory(net, lanes=lanes) + board_memories(net)
+    in_spram = _in_spram(net, board, lanes)
+    rows = [r for r in estimate_memory(net, lanes=lanes) + board_memories(net) if r["name"] not in in_spram]
     for row in rows:
         row["blocks"] = memory_blocks(row, device)
     total = sum(r["bits"] for r in rows)
@@ -267,6 +276,36 @@ def memory_precheck(net: Network, board: str, lanes=None) -> tuple[int, int]:
             f"device has {device.ram_blocks} ({spec.ram_name}); largest: {detail}. Use fewer lanes (--lanes), "
             f"fewer or smaller layers or narrower weights{advice}")
     return total, blocks
+
+
+def _in_spram(net: Network, board: str, lanes) -> set[str]:
+    """The memories that are SPRAM on ``board`` with this plan (none on a board without SPRAM)."""
+    from .lanes import DEVICES, spram_memories
+
+    if not DEVICES[board].spram_blocks:
+        return set()
+    return {"input.pixel_list"} if lanes is None else spram_memories(net, lanes)
+
+
+def spram_precheck(net: Network, board: str, lanes) -> dict:
+    """Raise BitstreamError when the plan puts more in SPRAM than ``board`` has; else the plan's SPRAM figures
+    (what ``BuildReport.memory_plan`` holds; empty on a board without SPRAM)."""
+    from .lanes import DEVICES, estimate_spram_blocks
+
+    available = DEVICES[board].spram_blocks
+    if not available:
+        if getattr(lanes, "spram", None):
+            raise BitstreamError(f"the {board} has no SPRAM; the plan puts membranes there (a LanePlan made for "
+                                 f"another board?)")
+        return {}
+    needed = estimate_spram_blocks(net, lanes)
+    names = [net.populations[p].name for p in sorted(getattr(lanes, "spram", ()))]
+    pixel_list = "SPRAM" if getattr(lanes, "pixel_list_spram", True) else "block RAM"
+    if needed > available:
+        raise BitstreamError(f"the plan puts {needed} SPRAM blocks of 16K x 16 on the {board}, which has "
+                             f"{available} (membranes {', '.join(names) or 'none'}, pixel list in {pixel_list}); "
+                             f"put fewer membranes in SPRAM or give them fewer lanes")
+    return {"spram_membranes": names, "pixel_list": pixel_list, "spram_blocks": needed}
 
 
 # --- the build ---------------------------------------------------------------------------------------------
@@ -341,8 +380,9 @@ def build(net: Network, board: str = "icebreaker", out_dir: str | Path = "build/
     by the PLL, rounded down to a frequency it can make; the oscillator's own frequency uses no PLL. nextpnr is
     told that clock and runs with ``--timing-allow-fail``, so a slower design still yields a bitstream and
     ``report.json``; then, unless ``allow_timing_fail``, BitstreamError says by how much it missed.
-    ``lanes`` (``choose_lanes`` forms) defaults to the device's lane plan (``spikeforge.hw.lanes.plan_lanes``).
-    ``synth`` is one of :data:`SYNTH_FLOWS`. Tools come from $YOSYS, $NEXTPNR_ICE40, ... (set to the YoWASP builds when unset).
+    ``lanes`` (``choose_lanes`` forms, or a LanePlan with its SPRAM placement) defaults to the device's plan
+    (``spikeforge.hw.lanes.plan_lanes``). ``synth`` is one of :data:`SYNTH_FLOWS`.
+    Tools come from $YOSYS, $NEXTPNR_ICE40, ... (set to the YoWASP builds when unset).
     """
     from .accelerator import Accelerator, choose_lanes
     from .board import BoardTop
@@ -376,6 +416,7 @@ def build(net: Network, board: str = "icebreaker", out_dir: str | Path = "build/
     from .accelerator import check_supported
 
     check_supported(net)
+    memory_plan = spram_precheck(net, board, chosen)
     memory_bits, memory_blocks = memory_precheck(net, board, chosen)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -431,7 +472,8 @@ def build(net: Network, board: str = "icebreaker", out_dir: str | Path = "build/
                          build_s=time.perf_counter() - started, memory_bits=memory_bits,
                          memory_blocks=memory_blocks, requested_mhz=requested,
                          pll=_pll_dict(setting), clocks=clocks, all_cells=util, notes=notes,
-                         lanes={net.populations[p].name: count for p, count in chosen.items()}, synth=synth)
+                         lanes={net.populations[p].name: count for p, count in chosen.items()},
+                         memory_plan=memory_plan, synth=synth)
     report.write_json()
     if not report.timing_met and not allow_timing_fail:
         bitstream.unlink()  # a board clocked beyond the design's Fmax may compute wrong results

@@ -5,7 +5,8 @@ It replays, cycle by cycle, exactly the handshakes that hw/accelerator.py and hw
 unit's replay of the nonzero pixels, every fan-out FIFO (Amaranth's ``SyncFIFOBuffered``: a write is readable two
 cycles later; ``depth - 1`` entries plus the output register), every layer unit's walkers (one cycle per membrane
 word an event lands on, events back to back), its end tokens, its five-stage update pass and its spike emitter
-(one spike per cycle). Only timing is modelled, no arithmetic: which neurons fire comes from the caller. Because
+(one spike per cycle); a half-rate unit (membrane in SPRAM) makes the same decisions in odd cycles only. Only
+timing is modelled, no arithmetic: which neurons fire comes from the caller. Because
 it follows the same rules as the gateware, its count equals the RTL's (tests/hw/test_cycle_model.py checks that
 on every network the hardware tests simulate), and it runs where RTL simulation is too slow (spiking ResNets,
 full test sets). docs/architecture.md explains the rules; numpy only, no torch.
@@ -20,7 +21,7 @@ import numpy as np
 
 from spikeforge.netimage import Network
 
-from .accelerator import choose_lanes, consumers
+from .accelerator import LanePlan, choose_lanes, choose_spram, consumers
 from .layers import FanoutWalker, channel_words, grid, is_diagonal, projection_groups
 
 __all__ = ["CycleModel", "ImageCycles"]
@@ -81,15 +82,23 @@ class CycleModel:
     ----------
     net : Network
     time_steps : int or None
-    lanes : None, int or dict
-        As ``Accelerator`` takes it (``choose_lanes``).
+    lanes : None, int, dict or LanePlan
+        As ``Accelerator`` takes it (``choose_lanes``); a LanePlan's ``spram`` units are half rate.
     fifo_depth : int
+    spram : None or iterable
+        As ``Accelerator`` takes it: the half-rate units (None: the LanePlan's).
+
+    A half-rate unit advances only in odd cycles (the accelerator's phase is low in cycle 0); in even cycles it
+    takes, hands on and changes nothing, and every other part of the design goes on as usual.
     """
 
-    def __init__(self, net: Network, time_steps: int | None = None, *, lanes=None, fifo_depth: int = 4):
+    def __init__(self, net: Network, time_steps: int | None = None, *, lanes=None, fifo_depth: int = 4,
+                 spram=None):
         self.net = net
         self.T = int(net.time_steps if time_steps is None else time_steps)
         self.lanes = choose_lanes(net, lanes)
+        plan = lanes if isinstance(lanes, LanePlan) else LanePlan()
+        self.half_rate = choose_spram(net, plan.spram if spram is None else spram)
         self.fifo_depth = int(fifo_depth)
         pops = net.populations
         self.readers = consumers(net)
@@ -183,20 +192,31 @@ class CycleModel:
                     return True
                 return False
 
+            def peek(q: int, item: int) -> bool:
+                """Whether producer q's fan-out has room, without handing anything."""
+                return all(fifos[(q, r)].w_rdy() for r in self.readers[q])
+
             # --- input unit (decisions from this cycle's registers) ---
             stall_in = inp["p_valid"] and not hand(0, inp["p_item"])
             # --- layer units ---
-            plans = {}
+            plans, seen = {}, {}
             for p, u in units.items():
-                plans[p] = self._decide(p, u, fifos, hand, reads, cycle, emissions, result)
-            done = plans[last].get("done", False)
+                if self._advances(p, cycle):
+                    plans[p] = seen[p] = self._decide(p, u, fifos, hand, reads, cycle, emissions, result)
+                else:
+                    # a half-rate unit between its cycles does nothing; what it would decide, had it advanced
+                    # now, is what it decides in its next cycle if nothing else moves: that tells the skip below
+                    plans[p] = None
+                    seen[p] = self._decide(p, u, fifos, peek, set(), cycle, emissions, result)
+            done = plans[last] is not None and plans[last].get("done", False)
 
-            skip = self._quiet_cycles(inp, stall_in, writes, reads, plans, units, fifos)
+            skip = self._quiet_cycles(inp, stall_in, writes, reads, seen, units, fifos, cycle)
             if skip:
                 # nothing but walks in progress for `skip` cycles: jump to the cycle in which a walker frees up
-                for u in units.values():
+                for p, u in units.items():
+                    ticks = self._ticks(p, cycle, skip)
                     for k, left in u["left"].items():
-                        u["left"][k] = max(0, left - skip)
+                        u["left"][k] = max(0, left - ticks)
                 cycle += skip
                 continue
 
@@ -216,7 +236,8 @@ class CycleModel:
             for key, fifo in fifos.items():
                 fifo.tick(writes.get(key), key in reads)
             for p, u in units.items():
-                self._tick(p, u, plans[p], emissions, result, cycle)
+                if plans[p] is not None:
+                    self._tick(p, u, plans[p], emissions, result, cycle)
             if done:
                 result.step_ends[last].append(cycle)
                 result.cycles = cycle + 1
@@ -224,12 +245,22 @@ class CycleModel:
             cycle += 1
         raise RuntimeError(f"the cycle model did not finish the image within {max_cycles} cycles")
 
-    @staticmethod
-    def _quiet_cycles(inp, stall_in, writes, reads, plans, units, fifos) -> int:
+    def _advances(self, p: int, cycle: int) -> bool:
+        """Whether unit p advances in ``cycle``: every cycle, or the odd ones for a half-rate unit."""
+        return p not in self.half_rate or cycle % 2 == 1
+
+    def _ticks(self, p: int, cycle: int, count: int) -> int:
+        """How many of the ``count`` cycles from ``cycle`` on unit p advances in."""
+        if p not in self.half_rate:
+            return count
+        return (cycle + count) // 2 - cycle // 2  # odd cycles in [cycle, cycle + count)
+
+    def _quiet_cycles(self, inp, stall_in, writes, reads, plans, units, fifos, cycle) -> int:
         """How many cycles from this one change nothing but the walkers' remaining updates (0 if this one
         changes more): no handshake, every unit accumulating with no event or token taken or stalled on a full
         FIFO downstream, the input unit stalled or idle, no FIFO moving an entry to its output register. Those
-        cycles last until the first busy walker frees up."""
+        cycles last until the first busy walker frees up (for a half-rate unit: its first own cycle after that).
+        ``plans`` has, for a half-rate unit between its cycles, what it would decide if it advanced."""
         if writes or reads:
             return 0
         if not (stall_in or (not inp["scanning"] and not inp["p_valid"])):
@@ -246,8 +277,16 @@ class CycleModel:
                 return 0
         if any(f.depth > 1 and f.inner and f.out is None for f in fifos.values()):
             return 0
-        busy = [left for u in units.values() for left in u["left"].values() if left >= 2]
-        return min(busy) - 1 if busy else 0
+        waits = []
+        for p, u in units.items():
+            for left in u["left"].values():
+                if left < 2:
+                    continue
+                if p not in self.half_rate:
+                    waits.append(left - 1)
+                else:  # its (left)-th own cycle from now, the first in which the walker is free
+                    waits.append(2 * (left - 1) + (0 if cycle % 2 == 1 else 1))
+        return min(waits) if waits else 0
 
     def _decide(self, p, u, fifos, hand, reads, cycle, emissions, result) -> dict:
         """This cycle's combinational decisions of layer unit p."""

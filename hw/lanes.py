@@ -1,24 +1,30 @@
-"""How many output-channel lanes each layer gets on a given device: the lane plan.
+"""How many output-channel lanes each layer gets on a given device, and which memories go to SPRAM: the plan.
 
 Lanes buy cycles with block RAM bandwidth and logic: a layer with P lanes reads and writes P membranes per cycle,
 so its membrane and weight words are P times wider, and block RAMs give a fixed width per block (16 bits on the
 iCE40), while each lane adds an adder and an update datapath. ``plan_lanes`` grows the lanes of the layer with the
 most work per step first, as long as the design still fits the device's block RAM and logic estimates, and stops
-when no layer can grow. ``parse_lanes`` reads the command line's ``--lanes``. Torch-free.
+when no layer can grow. On the iCE40 UP5K, when even one lane per layer does not fit its 30 block RAMs,
+``place_memories`` moves membranes into the 4 SPRAM blocks (half-rate layer units) and may move the pixel list
+from SPRAM to block RAM to make room; the plan is a ``LanePlan``. ``parse_lanes`` reads the command line's
+``--lanes``. Torch-free.
 """
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 from spikeforge.netimage import Network
 
-from .accelerator import UnsupportedNetworkError, choose_lanes, estimate_memory
+from .accelerator import LanePlan, UnsupportedNetworkError, choose_lanes, estimate_memory
 from .board import board_memories
 from .layers import FanoutWalker, channel_words, grid, is_diagonal, lane_limit
+from .spram import spram_blocks
 
-__all__ = ["Device", "DEVICES", "plan_lanes", "parse_lanes", "estimate_logic", "estimate_ram_blocks", "multipliers",
-           "ram_blocks", "memory_blocks"]
+__all__ = ["Device", "DEVICES", "plan_lanes", "place_memories", "parse_lanes", "estimate_logic",
+           "estimate_ram_blocks", "estimate_spram_blocks", "spram_memories", "multipliers", "ram_blocks",
+           "memory_blocks"]
 
 
 @dataclass(frozen=True)
@@ -38,17 +44,15 @@ class Device:
     # bits one block holds of a ROM when Yosys may spread its words over every bit of the block, the 9th and 18th
     # (parity) bits included (ECP5 DP16KD: 18 kbit); None: a ROM takes whole block shapes like a RAM
     rom_block_bits: int | None = None
-    # the input's pixel list is in SPRAM (iCE40 UltraPlus), not in block RAM
-    pixel_list_in_spram: bool = False
     # the share of the logic the plan fills at most: place and route needs some slack
     logic_fill: float = 0.96
     # blocks kept free by the lane plan: place and route needs some slack
     ram_margin: int = 1
+    spram_blocks: int = 0  # single-port 16K x 16 blocks (iCE40 UltraPlus SPRAM) for the pixel list and membranes
 
 
 DEVICES = {
-    "icebreaker": Device("iCE40 UP5K", 30, ((256, 16), (512, 8), (1024, 4), (2048, 2)), 5280, 8,
-                         pixel_list_in_spram=True),
+    "icebreaker": Device("iCE40 UP5K", 30, ((256, 16), (512, 8), (1024, 4), (2048, 2)), 5280, 8, spram_blocks=4),
     # DP16KD: 16384 x 1, 8192 x 2, 4096 x 4 (16 kbit usable), 2048 x 9, 1024 x 18 and, as PDPW16KD, 512 x 36
     # (18 kbit)
     "ulx3s-85f": Device("ECP5-85F", 208, ((512, 36), (1024, 18), (2048, 9), (4096, 4), (8192, 2), (16384, 1)),
@@ -58,6 +62,9 @@ DEVICES = {
 # logic cells: a fixed part and a part per lane-bit of datapath (accumulate adder, update pipeline), fitted to the
 # UP5K builds of the demo network (2,237 cells at one lane per layer, 5,026 at lanes 8 / 8 / 5, with -dsp)
 _LOGIC_BASE, _LOGIC_PER_LANE_BIT = 1780, 10.6
+# a half-rate unit's SPRAM adaptor: the held word and its multiplexer per bit, the address registers, the clear
+# counter and the enables (an estimate from its structure)
+_LOGIC_SPRAM_UNIT, _LOGIC_PER_SPRAM_BIT = 60, 1.2
 
 
 def ram_blocks(depth: int, width: int, device: Device) -> int:
@@ -73,11 +80,9 @@ def memory_blocks(row: dict, device: Device) -> int:
     in LUT RAM (ECP5, RAMs only: 4 per 16 x 4 cell, plus a read multiplexer of ``width`` bits for each further
     16 words) or in blocks (``block_cost`` each, the fewest blocks of one
     shape; a ROM on the ECP5 may fill every bit of its blocks, so at most one more than its bits need; a read
-    port that must see the same cycle's write adds a bypass of ``width`` bits of logic). The iCE40's pixel list
-    is in SPRAM. A tie goes to logic.
+    port that must see the same cycle's write adds a bypass of ``width`` bits of logic). A tie goes to logic.
+    What is in SPRAM (``spram_memories``) is the caller's to leave out.
     """
-    if row["name"] == "input.pixel_list" and device.pixel_list_in_spram:
-        return 0
     depth, width, bits, rom = row["depth"], row["width"], row["bits"], row.get("kind") == "rom"
     if not bits:
         return 0
@@ -92,19 +97,41 @@ def memory_blocks(row: dict, device: Device) -> int:
     return blocks if in_blocks < in_logic else 0
 
 
+def spram_memories(net: Network, lanes: dict[int, int]) -> set[str]:
+    """The names (as ``estimate_memory`` gives them) of the memories that are SPRAM on an iCE40 UltraPlus: a
+    LanePlan's membranes and, where it says so, the pixel list; for a plain dict the pixel list."""
+    if not isinstance(lanes, LanePlan):
+        return {"input.pixel_list"}
+    names = {f"{net.populations[p].name}.membrane" for p in lanes.spram}
+    if lanes.pixel_list_spram:
+        names.add("input.pixel_list")
+    return names
+
+
 def estimate_ram_blocks(net: Network, lanes: dict[int, int], device: Device) -> int:
     """Block RAMs of the board design with these lanes: :func:`memory_blocks` of the accelerator's memories and
-    the board core's FIFOs. Equal to what nextpnr reported for the committed networks' builds
-    (tests/hw/test_lanes.py)."""
-    rows = estimate_memory(net, lanes=lanes) + board_memories(net)
-    return sum(memory_blocks(r, device) for r in rows)
+    the board core's FIFOs, leaving out what is SPRAM (``spram_memories``, on a device that has SPRAM). Equal to
+    what nextpnr reported for the committed networks' builds (tests/hw/test_lanes.py)."""
+    rows = estimate_memory(net, lanes=dict(lanes)) + board_memories(net)
+    elsewhere = spram_memories(net, lanes) if device.spram_blocks else set()
+    return sum(memory_blocks(r, device) for r in rows if r["name"] not in elsewhere)
+
+
+def estimate_spram_blocks(net: Network, lanes: dict[int, int]) -> int:
+    """SPRAM blocks of the memories ``spram_memories`` names: ``ceil(width / 16) x ceil(depth / 16384)`` each."""
+    names = spram_memories(net, lanes)
+    return sum(spram_blocks(r["width"], r["depth"]) for r in estimate_memory(net, lanes=dict(lanes))
+               if r["name"] in names)
 
 
 def estimate_logic(net: Network, lanes: dict[int, int]) -> int:
-    """Logic cells (LUT4 + flip-flop) of the board top with these lanes: a rough linear fit, within about 5% on
-    the builds it was fitted to; place and route has the last word."""
+    """Logic cells (LUT4 + flip-flop) of the board top with these lanes (and a LanePlan's SPRAM adaptors): a rough
+    linear fit, within about 5% on the builds it was fitted to; place and route has the last word."""
     lane_bits = sum(P * net.populations[p].acc_bits for p, P in lanes.items())
-    return int(_LOGIC_BASE + _LOGIC_PER_LANE_BIT * lane_bits)
+    cells = _LOGIC_BASE + _LOGIC_PER_LANE_BIT * lane_bits
+    for p in getattr(lanes, "spram", ()):
+        cells += _LOGIC_SPRAM_UNIT + _LOGIC_PER_SPRAM_BIT * lanes[p] * net.populations[p].acc_bits
+    return int(cells)
 
 
 def _work(net: Network, lanes: dict[int, int], activity: float, pixel_fill: float) -> dict[int, float]:
@@ -135,27 +162,90 @@ def _work(net: Network, lanes: dict[int, int], activity: float, pixel_fill: floa
     return work
 
 
-def plan_lanes(net: Network, board: str, *, activity: float = 0.1, pixel_fill: float = 0.25) -> dict[int, int]:
-    """Lanes per layer for ``board``: starting from one lane each, double the lanes of the layer with the most
-    expected work per step (``_work``) while the block RAM, logic and multiplier estimates still fit the device;
-    a layer that cannot grow is left as it is and the next one is tried (and it is tried again after another
-    layer grew)."""
+def _bottleneck(plan: LanePlan, work: dict[int, float]) -> float:
+    """The expected cycles per step of the slowest unit: a half-rate unit's work counts twice."""
+    return max(w * (2 if p in plan.spram else 1) for p, w in work.items())
+
+
+def place_memories(net: Network, lanes: dict[int, int], device: Device, *, activity: float = 0.1,
+                   pixel_fill: float = 0.25) -> LanePlan | None:
+    """Where the memories go for these lanes on ``device``: a LanePlan whose block RAM estimate fits, or None.
+
+    Without SPRAM on the device, or when the design fits the block RAM with no membrane in SPRAM, the pixel list
+    stays SPRAM (where there is some) and every membrane block RAM. Otherwise every set of membranes whose SPRAM
+    tilings (``ceil(width / 16) x ceil(depth / 16384)`` blocks each) fit the SPRAM left over, with the pixel list
+    in SPRAM or in block RAM, is tried; of those whose block RAM then fits, the plan keeps the slowest unit fastest
+    (``_work``, a half-rate unit's counted twice), then uses the fewest half-rate units, then keeps the pixel list
+    in SPRAM. A membrane that synthesis puts in logic never moves.
+    """
+    lanes = dict(lanes)
+    budget = device.ram_blocks - device.ram_margin
+    plain = LanePlan(lanes)
+    if estimate_ram_blocks(net, plain, device) <= budget:
+        return plain
+    if not device.spram_blocks:
+        return None
+    rows = {r["name"]: r for r in estimate_memory(net, lanes=lanes)}
+    base = estimate_ram_blocks(net, plain, device)
+    pixels = rows["input.pixel_list"]
+    pixel_spram, pixel_ebr = spram_blocks(pixels["width"], pixels["depth"]), memory_blocks(pixels, device)
+    saving, cost = {}, {}
+    for p in lanes:
+        row = rows[f"{net.populations[p].name}.membrane"]
+        if memory_blocks(row, device) and spram_blocks(row["width"], row["depth"]) <= device.spram_blocks:
+            saving[p] = memory_blocks(row, device)
+            cost[p] = spram_blocks(row["width"], row["depth"])
+    work = _work(net, lanes, activity, pixel_fill)
+    best, best_key = None, None
+    for pixels_in_spram in (True, False):
+        left = device.spram_blocks - (pixel_spram if pixels_in_spram else 0)
+        ebr = base + (0 if pixels_in_spram else pixel_ebr)
+        for size in range(1, min(left, len(saving)) + 1):
+            for chosen in itertools.combinations(sorted(saving), size):
+                if sum(cost[p] for p in chosen) > left or ebr - sum(saving[p] for p in chosen) > budget:
+                    continue
+                plan = LanePlan(lanes, spram=chosen, pixel_list_spram=pixels_in_spram)
+                key = (_bottleneck(plan, work), size, not pixels_in_spram)
+                if best_key is None or key < best_key:
+                    best, best_key = plan, key
+    return best
+
+
+def plan_lanes(net: Network, board: str, *, activity: float = 0.1, pixel_fill: float = 0.25) -> LanePlan:
+    """The plan for ``board``: starting from one lane each, double the lanes of the layer with the most expected
+    work per step (``_work``) while the block RAM, logic and multiplier estimates still fit the device; a layer
+    that cannot grow is left as it is and the next one is tried (and tried again after another layer grew: wider
+    words can pack into fewer blocks).
+
+    Where one lane per layer does not fit the block RAM, ``place_memories`` puts membranes in SPRAM (half-rate
+    units, whose work counts twice) and a doubling is kept only while a placement fits and the slowest unit gets
+    no slower. A design that fits nowhere comes back with one lane per layer and the placement that saves the
+    most block RAM, for the pre-check to refuse with the figures."""
     device = DEVICES[board]
     lanes = {p: 1 for p in range(1, len(net.populations))}
+    plan = _fits(net, lanes, device, activity, pixel_fill)
+    if plan is None:
+        return _fallback(net, lanes, device)
+    with_spram = bool(plan.spram) or not plan.pixel_list_spram
     fixed: set[int] = set()
     while True:
         work = _work(net, lanes, activity, pixel_fill)
         growable = [p for p in lanes if p not in fixed]
         if not growable:
-            return lanes
-        p = max(growable, key=lambda q: work[q])
+            return plan
+        p = max(growable, key=lambda q: work[q] * (2 if q in plan.spram else 1))
         limit = lane_limit(net.populations[p])
         grown = {**lanes, p: min(limit, lanes[p] * 2)}
-        if grown[p] == lanes[p] or not _fits(net, grown, device):
+        grown_plan = None if grown[p] == lanes[p] else _fits(net, grown, device, activity, pixel_fill)
+        if grown_plan is not None and not with_spram and (grown_plan.spram or not grown_plan.pixel_list_spram):
+            grown_plan = None  # the block RAM sufficed for one lane each: SPRAM membranes only buy lanes if needed
+        if grown_plan is not None and with_spram and (
+                _bottleneck(grown_plan, _work(net, grown, activity, pixel_fill)) > _bottleneck(plan, work)):
+            grown_plan = None
+        if grown_plan is None:
             fixed.add(p)
             continue
-        # a layer that did not fit may fit after this one grew (wider words can pack into fewer blocks)
-        lanes, fixed = grown, set()
+        lanes, plan, fixed = grown, grown_plan, set()
 
 
 def multipliers(net: Network, lanes: dict[int, int]) -> int:
@@ -163,15 +253,36 @@ def multipliers(net: Network, lanes: dict[int, int]) -> int:
     return sum(P for p, P in lanes.items() for proj in net.populations[p].projections if proj.source == 0)
 
 
-def _fits(net: Network, lanes: dict[int, int], device: Device) -> bool:
-    return (estimate_ram_blocks(net, lanes, device) <= device.ram_blocks - device.ram_margin
-            and estimate_logic(net, lanes) <= device.logic_fill * device.logic_cells
-            and multipliers(net, lanes) <= device.multipliers)
+def _fits(net: Network, lanes: dict[int, int], device: Device, activity: float = 0.1,
+          pixel_fill: float = 0.25) -> LanePlan | None:
+    """The placement (``place_memories``) of these lanes if it and the logic and multipliers fit, else None."""
+    plan = place_memories(net, lanes, device, activity=activity, pixel_fill=pixel_fill)
+    if (plan is None or estimate_logic(net, plan) > device.logic_fill * device.logic_cells
+            or multipliers(net, lanes) > device.multipliers):
+        return None
+    return plan
+
+
+def _fallback(net: Network, lanes: dict[int, int], device: Device) -> LanePlan:
+    """For a design that fits nowhere: the placement that leaves the fewest block RAMs (greedily, the largest
+    saving first), so that the pre-check's refusal names what is left."""
+    if not device.spram_blocks:
+        return LanePlan(lanes)
+    rows = {r["name"]: r for r in estimate_memory(net, lanes=lanes)}
+    left = device.spram_blocks - spram_blocks(rows["input.pixel_list"]["width"], rows["input.pixel_list"]["depth"])
+    chosen = []
+    for p in sorted(lanes, key=lambda q: -memory_blocks(rows[f"{net.populations[q].name}.membrane"], device)):
+        row = rows[f"{net.populations[p].name}.membrane"]
+        if memory_blocks(row, device) and spram_blocks(row["width"], row["depth"]) <= left:
+            chosen.append(p)
+            left -= spram_blocks(row["width"], row["depth"])
+    return LanePlan(lanes, spram=chosen)
 
 
 def parse_lanes(text: str | None, net: Network, board: str | None = None) -> dict[int, int]:
     """``--lanes``: "auto" (or None: the plan for ``board``, or one lane per output channel up to 16 without a
-    board), a number for every layer, or "name=N,name=N" for named layers (the others as "auto")."""
+    board), a number for every layer, or "name=N,name=N" for named layers (the others as "auto"). With a board
+    the result is a LanePlan, its memories placed for those lanes (``place_memories``)."""
     if text is None or text == "auto":
         return plan_lanes(net, board) if board else choose_lanes(net)
     if "=" not in text:
@@ -179,7 +290,7 @@ def parse_lanes(text: str | None, net: Network, board: str | None = None) -> dic
             count = int(text)
         except ValueError:
             raise UnsupportedNetworkError(f"--lanes {text!r} is not a number, 'auto' or name=N pairs") from None
-        return choose_lanes(net, count)
+        return _placed(net, choose_lanes(net, count), board)
     given = {}
     for part in text.split(","):
         name, _, count = part.partition("=")
@@ -191,4 +302,12 @@ def parse_lanes(text: str | None, net: Network, board: str | None = None) -> dic
     names = {pop.name: p for p, pop in enumerate(net.populations)}
     named = {names[name] for name in given}
     base = plan_lanes(net, board) if board else choose_lanes(net)
-    return {p: checked[p] if p in named else base[p] for p in base}
+    return _placed(net, {p: checked[p] if p in named else base[p] for p in base}, board)
+
+
+def _placed(net: Network, lanes: dict[int, int], board: str | None) -> dict[int, int]:
+    """Lanes given by hand, with their memories placed on ``board`` (plain without a board)."""
+    if board is None:
+        return lanes
+    device = DEVICES[board]
+    return place_memories(net, lanes, device) or _fallback(net, lanes, device)

@@ -13,12 +13,12 @@ from amaranth.hdl import Cat, ClockSignal, Const, Instance, Module, Signal
 from amaranth.lib import memory, wiring
 from amaranth.lib.wiring import In, Out
 
-__all__ = ["SinglePortRam", "SPRAM_WIDTH", "SPRAM_DEPTH", "spram_tiles", "uses_spram"]
+__all__ = ["SinglePortRam", "SPRAM_WIDTH", "SPRAM_DEPTH", "SPRAM_BLOCKS", "spram_blocks", "spram_tiles", "uses_spram"]
 
 SPRAM_WIDTH = 16
 SPRAM_DEPTH = 16384
 # SPRAM blocks per device (iCE40 UltraPlus family)
-_SPRAM_BLOCKS = {"iCE40UP5K": 4, "iCE40UP3K": 4}
+SPRAM_BLOCKS = {"iCE40UP5K": 4, "iCE40UP3K": 4}
 
 
 def spram_tiles(width: int, depth: int) -> tuple[int, int]:
@@ -26,10 +26,16 @@ def spram_tiles(width: int, depth: int) -> tuple[int, int]:
     return -(-width // SPRAM_WIDTH), -(-depth // SPRAM_DEPTH)
 
 
+def spram_blocks(width: int, depth: int) -> int:
+    """SB_SPRAM256KA blocks a ``width x depth`` SinglePortRam takes: columns x banks."""
+    columns, banks = spram_tiles(width, depth)
+    return columns * banks
+
+
 def uses_spram(platform) -> bool:
     """True on an iCE40 UltraPlus platform (the devices that have SPRAM)."""
     return (platform is not None and getattr(platform, "family", "").lower() == "ice40"
-            and getattr(platform, "device", "") in _SPRAM_BLOCKS)
+            and getattr(platform, "device", "") in SPRAM_BLOCKS)
 
 
 class SinglePortRam(wiring.Component):
@@ -45,6 +51,8 @@ class SinglePortRam(wiring.Component):
         Bits per word (1 or more).
     depth : int
         Words (1 or more).
+    spram : bool
+        False: a Memory on every device (block RAM on the iCE40), for a memory the SPRAM plan leaves out.
 
     Members
     -------
@@ -61,9 +69,10 @@ class SinglePortRam(wiring.Component):
         holds the old value).
     """
 
-    def __init__(self, width: int, depth: int):
+    def __init__(self, width: int, depth: int, *, spram: bool = True):
         self.width = operator.index(width)
         self.depth = operator.index(depth)
+        self.spram = bool(spram)
         if self.width < 1 or self.depth < 1:
             raise ValueError(f"a SinglePortRam needs a positive width and depth, not {self.width} x {self.depth}")
         super().__init__({
@@ -75,7 +84,7 @@ class SinglePortRam(wiring.Component):
         })
 
     def elaborate(self, platform):
-        if uses_spram(platform):
+        if self.spram and uses_spram(platform):
             return self._elaborate_spram(platform)
         m = Module()
         m.submodules.memory = mem = memory.Memory(shape=self.width, depth=self.depth, init=[])
@@ -100,7 +109,7 @@ class SinglePortRam(wiring.Component):
 
     def _elaborate_spram(self, platform):
         columns, banks = spram_tiles(self.width, self.depth)
-        available = _SPRAM_BLOCKS[platform.device]
+        available = SPRAM_BLOCKS[platform.device]
         if columns * banks > available:
             raise ValueError(f"a {self.width} x {self.depth} SinglePortRam needs {columns * banks} SPRAM blocks of "
                              f"16K x 16, the {platform.device} has {available}; make it narrower or shallower")

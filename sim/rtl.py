@@ -171,7 +171,7 @@ def run_rtl(net: Network, images, time_steps: int | None = None, build_dir: str 
     (``waves=True``: ``<build_dir>/<toplevel>.fst``); by default a fresh temporary folder (deleted afterwards
     unless waves are kept). ``seed`` draws the random valid gaps and ready back-pressure. ``jobs`` splits the
     images over that many simulator processes running at once (one build; default: one per CPU core, at most one
-    per image; always 1 with ``waves``). ``lanes`` goes to the Accelerator (``choose_lanes``) unless ``design``
+    per image; always 1 with ``waves``). ``lanes`` (a LanePlan too) goes to the Accelerator (``choose_lanes``) unless ``design``
     is given. ``progress`` shows a tqdm bar of the images finished (None: on a terminal only). ``watchdog``: the
     cycles without a transfer after which the testbench stops and names the phase (default: generous, from the
     network's size).
@@ -200,6 +200,8 @@ def run_rtl(net: Network, images, time_steps: int | None = None, build_dir: str 
             chosen = choose_lanes(net, lanes)
             design = lambda n, t: Accelerator(n, t, lanes=chosen)  # noqa: E731
             tag = "-lanes" + "-".join(str(chosen[p]) for p in sorted(chosen))
+            if getattr(chosen, "spram", None):  # a LanePlan's half-rate units (membranes in SPRAM)
+                tag += "-spram" + "-".join(str(p) for p in sorted(chosen.spram))
         else:
             tag = "-custom" if design is not None else ""
         digest = _network_digest(net, T) + tag

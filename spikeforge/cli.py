@@ -148,14 +148,17 @@ def cmd_inspect(args) -> int:
     print(netimage.summary(net))
     from spikeforge.hw.accelerator import estimate_memory
 
+    from spikeforge.hw.lanes import DEVICES, spram_memories
+
     lanes = _lanes(args, net, args.board)
     memories = estimate_memory(net, lanes=lanes)
     total = sum(m["bits"] for m in memories)
-    print(f"\non-chip memories with the {args.board} lane plan ("
-          + ", ".join(f"{net.populations[p].name} {n}" for p, n in lanes.items())
-          + f" lanes): {total} bits = {total / 1024:.1f} kbit")
+    print(f"\non-chip memories with the {args.board} lane plan ({_plan_text(net, lanes)} lanes): {total} bits = "
+          f"{total / 1024:.1f} kbit")
+    in_spram = spram_memories(net, lanes) if DEVICES[args.board].spram_blocks else set()
     for m in memories:
-        print(f"  {m['name']:<28} {m['depth']:>7} x {m['width']:>2} = {m['bits']:>8} bits")
+        where = "  SPRAM" if m["name"] in in_spram else ""
+        print(f"  {m['name']:<28} {m['depth']:>7} x {m['width']:>2} = {m['bits']:>8} bits{where}")
     return 0
 
 
@@ -240,7 +243,7 @@ def _run_rtl(args, net, images, labels, T: int) -> int:
     print(f"rtl ({SIMULATOR_NAMES[args.simulator]}) {outcome}, T={T}, {out.wall_s:.1f} s, "
           f"{out.images_per_second:.1f} images/s "
           f"({out.cycles_per_second:,.0f} simulated cycles/s over {out.processes} process(es))")
-    print("lanes (" + args.board + "): " + ", ".join(f"{net.populations[p].name} {k}" for p, k in lanes.items()))
+    print(f"lanes ({args.board}): {_plan_text(net, lanes)}")
     print(f"cycles per image: mean {sum(cycles) / len(cycles):.0f}, min {min(cycles)}, max {max(cycles)}")
     if modelled:
         worst = max(abs(p - c) / c for p, c in modelled)
@@ -266,7 +269,7 @@ def _run_gate(args, net, images, labels, ref, T: int, ref_s: float) -> int:
     lanes = _lanes(args, net, args.board)
     count = len(images)
     print(f"reference: T={T}, {count} image(s), {ref_s:.1f} s")
-    print("lanes (" + args.board + "): " + ", ".join(f"{net.populations[p].name} {n}" for p, n in lanes.items()))
+    print(f"lanes ({args.board}): {_plan_text(net, lanes)}")
     rtl = run_rtl(net, images, time_steps=T, build_dir=args.build_dir, waves=args.waves, lanes=lanes,
                   simulator=args.simulator, jobs=args.jobs, seed=args.seed)
     print(f"rtl ({SIMULATOR_NAMES[args.simulator]}): {rtl.wall_s:.1f} s, {rtl.cycles_per_second:,.0f} simulated "
@@ -347,6 +350,13 @@ DEMO_PERF_IMAGES = 500  # test images `spikeforge demo` runs through the cycle m
 
 LANES_HELP = ("output-channel lanes per layer: 'auto' (the board's lane plan), one number for every layer, or "
               "name=N,name=N for some layers (default: auto)")
+
+
+def _plan_text(net, lanes) -> str:
+    """The lanes per layer, and (for a LanePlan) what is placed in SPRAM unusually."""
+    if hasattr(lanes, "describe"):
+        return lanes.describe(net)
+    return ", ".join(f"{net.populations[p].name} {n}" for p, n in lanes.items())
 
 
 def _lanes(args, net, board):

@@ -26,8 +26,9 @@ def predict(net, images, labels, *, lanes: dict[int, int], clock_mhz: float, tim
             jobs: int | None = None, progress: bool = True) -> dict:
     """The performance report of ``net`` on ``images``: a dict of plain values (``format_report`` prints it).
 
-    ``lanes`` as ``spikeforge.hw.accelerator.choose_lanes`` returns them; ``jobs`` processes share the images
-    (default: one per core).
+    ``lanes`` as ``spikeforge.hw.accelerator.choose_lanes`` returns them, or the board's LanePlan (its SPRAM
+    membranes make half-rate units, which the model counts); ``jobs`` processes share the images (default: one
+    per core).
     """
     from tqdm import tqdm
 
@@ -65,6 +66,7 @@ def predict(net, images, labels, *, lanes: dict[int, int], clock_mhz: float, tim
         spikes = None if pops[p].kind != "lif" else float(ref.spikes[p].sum()) / n
         layers.append({
             "name": pops[p].name, "lanes": int(lanes[p]), "neurons": int(pops[p].size),
+            "membrane": "SPRAM" if p in model.half_rate else "block RAM",
             "spikes_per_image": spikes,
             "word_updates_per_image": updates / n, "synaptic_ops_per_image": ops / n,
             "lane_utilization": ops / (lanes[p] * updates) if updates else 0.0,
@@ -76,6 +78,7 @@ def predict(net, images, labels, *, lanes: dict[int, int], clock_mhz: float, tim
         "network": net.metadata.get("name") or "", "images": n, "time_steps": T,
         "accuracy": float((ref.prediction == np.asarray(labels)).mean()) if labels is not None else None,
         "clock_mhz": float(clock_mhz), "load_cycles": load,
+        "pixel_list": "block RAM" if not getattr(lanes, "pixel_list_spram", True) else "SPRAM",
         "cycles": {"mean": float(cycles.mean()), "min": int(cycles.min()), "max": int(cycles.max())},
         "latency_cycles_mean": mean_latency,
         "latency_us": {"mean": mean_latency / clock_mhz, "max": float(latency_cycles.max()) / clock_mhz},
@@ -123,4 +126,7 @@ def format_report(report: dict, board: str) -> str:
         steps = " ".join(f"{d:.0f}" for d in layer["step_cycles"])
         lines.append(f"{layer['name']:<12} {layer['lanes']:>5} {spikes:>10} {layer['word_updates_per_image']:>12.0f} "
                      f"{layer['synaptic_ops_per_image']:>12.0f} {layer['lane_utilization'] * 100:>7.1f}%  {steps}")
+    in_spram = [layer["name"] for layer in report["layers"] if layer.get("membrane") == "SPRAM"]
+    lines.append(f"membranes in SPRAM (half-rate units): {', '.join(in_spram) or 'none'}; pixel list in "
+                 f"{report.get('pixel_list', 'SPRAM')}")
     return "\n".join(lines)

@@ -1,12 +1,16 @@
 """Shared helpers of the hardware tests (no tests here): hand-edited networks, the demo-shaped network, the
-golden-reference comparison, and a host's side of the UART."""
+golden-reference comparison, a simulatable model of the UP5K's SPRAM, and a host's side of the UART."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
+from amaranth.hdl import Elaboratable, Module
+from amaranth.lib import memory
+
 from spikeforge.hw.cycle_model import CycleModel
+from spikeforge.hw.spram import SinglePortRam
 from spikeforge.hw.testing import simulate
 from spikeforge.netimage import Network, required_acc_bits, signed_range, validate
 from spikeforge.record import first_mismatch
@@ -62,6 +66,47 @@ def assert_rtl_matches_reference(net: Network, images, time_steps: int | None = 
                 f"population {p} ('{net.populations[p].name}') emitted {emitted} spike events for "
                 f"{int(ref_spikes.sum())} spikes (an event was duplicated or dropped)")
     return rtl, ref
+
+
+POISON = 0xDEAD
+
+
+class SpramModel(Elaboratable):
+    """SB_SPRAM256KA as cells_sim.v describes it, with MASKWREN all ones and the block awake; ``power_up`` is what
+    every word holds at first (the real block: undefined)."""
+
+    def __init__(self, address, data_in, write, select, data_out, power_up=0):
+        self.address, self.data_in, self.write, self.select, self.data_out = address, data_in, write, select, data_out
+        self.power_up = power_up
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.mem = mem = memory.Memory(shape=16, depth=16384, init=[self.power_up] * 16384)
+        w = mem.write_port()
+        r = mem.read_port(domain="comb")
+        m.d.comb += [w.addr.eq(self.address), r.addr.eq(self.address), w.data.eq(self.data_in),
+                     w.en.eq(self.select & self.write)]
+        with m.If(self.select):
+            m.d.sync += self.data_out.eq(r.data)
+            with m.If(self.write):
+                m.d.sync += self.data_out.eq(POISON)
+        return m
+
+
+class UltraPlus:
+    family, device = "iCE40", "iCE40UP5K"
+
+
+class ModelledSpramRam(SinglePortRam):
+    """A SinglePortRam tiled from SB_SPRAM256KA models, as on the UP5K, that the Amaranth simulator can run; its
+    words power up as POISON (``power_up``)."""
+    power_up = 0
+
+    def elaborate(self, platform):
+        return self._elaborate_spram(UltraPlus())
+
+    def _spram_block(self, *, address, data_in, write, select, data_out):
+        return SpramModel(address, data_in, write, select, data_out, self.power_up)
 
 
 DEMO_LAYERS = [("conv", 8, 3, 2, 1), ("conv", 16, 3, 2, 1), ("dense", 10)]

@@ -27,6 +27,9 @@ class InputUnit(wiring.Component):
         The input population (``C x H x W`` of ``bits``-bit pixels).
     time_steps : int
         How many times the image is replayed.
+    pixel_list_spram : bool
+        Whether the pixel list may be SPRAM on an iCE40 UltraPlus (``SinglePortRam``); False keeps it in block
+        RAM, to leave the SPRAM to membranes (``spikeforge.hw.lanes.plan_memories``).
 
     Members
     -------
@@ -42,9 +45,10 @@ class InputUnit(wiring.Component):
         Pulse when the image's results are out; the unit then accepts the next image.
     """
 
-    def __init__(self, pop: Population, time_steps: int):
+    def __init__(self, pop: Population, time_steps: int, *, pixel_list_spram: bool = True):
         assert pop.kind == "input" and len(pop.shape) == 3
         self.pop = pop
+        self.pixel_list_spram = bool(pixel_list_spram)
         self.time_steps = operator.index(time_steps)
         assert self.time_steps >= 1
         super().__init__({
@@ -64,8 +68,9 @@ class InputUnit(wiring.Component):
         entry = data.StructLayout({"c": layout["c"].shape, "y": layout["y"].shape, "x": layout["x"].shape,
                                    "value": layout["value"].shape})
         # one port is enough: the list is written while loading and read while replaying, never both; on the
-        # iCE40 UltraPlus it is SPRAM, which leaves the block RAM to the layers
-        m.submodules.pixel_list = pixel_list = SinglePortRam(entry.size, N)
+        # iCE40 UltraPlus it is SPRAM (unless the plan gives the SPRAM to membranes), which leaves the block RAM
+        # to the layers
+        m.submodules.pixel_list = pixel_list = SinglePortRam(entry.size, N, spram=self.pixel_list_spram)
         written = data.View(entry, pixel_list.write_data)
 
         # load: walk the positions, append the nonzero pixels

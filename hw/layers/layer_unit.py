@@ -39,6 +39,9 @@ class LayerUnit(wiring.Component):
         Steps per image.
     lanes : int
         Output-channel lanes: neurons per membrane word, updated in parallel (1 .. ``lane_limit(pop)``).
+    membrane_port : bool
+        False: the unit owns its membrane (a Memory, init 0). True: the membrane is outside and the unit drives
+        the two ports below instead (``HalfRateLayerUnit`` puts it in single-port SPRAM).
 
     Members
     -------
@@ -59,9 +62,14 @@ class LayerUnit(wiring.Component):
         flat index order (``lanes`` is 1 for a readout with H x W > 1).
     done : Out(1)
         Readout only: high in the cycle the last result of an image is accepted.
+    membrane_read : In(memory.ReadPort.Signature(...)), membrane_write : In(memory.WritePort.Signature(...))
+        With ``membrane_port`` only: the membrane's read port (1 cycle latency, transparent for the write port:
+        a read of the word written in the same cycle returns the new value; with ``en`` low ``data`` holds)
+        and write port, ``channel_words x H x W`` words of ``lanes`` signed ``acc_bits`` values, all 0 before
+        the first image. The unit writes a word in the cycle after it read it, from the read data it sees then.
     """
 
-    def __init__(self, net: Network, index: int, time_steps: int, lanes: int = 1):
+    def __init__(self, net: Network, index: int, time_steps: int, lanes: int = 1, *, membrane_port: bool = False):
         self.net = net
         self.index = operator.index(index)
         self.pop = pop = net.populations[self.index]
@@ -79,6 +87,16 @@ class LayerUnit(wiring.Component):
         else:
             members["results"] = Out(stream.Signature(signed(32)))
             members["done"] = Out(1)
+        self.membrane_port = bool(membrane_port)
+        self.membrane_layout = data.ArrayLayout(signed(pop.acc_bits), self.lanes)
+        c, h, w = grid(pop)
+        self.membrane_words = channel_words(pop, self.lanes) * h * w
+        if self.membrane_port:
+            addr_width = (self.membrane_words - 1).bit_length()  # as a Memory of that depth has
+            members["membrane_read"] = In(memory.ReadPort.Signature(addr_width=addr_width,
+                                                                    shape=self.membrane_layout))
+            members["membrane_write"] = In(memory.WritePort.Signature(addr_width=addr_width,
+                                                                      shape=self.membrane_layout))
         super().__init__(members)
 
     def events_from(self, source: int):
@@ -98,10 +116,12 @@ class LayerUnit(wiring.Component):
         WORDS = CW * HW
 
         # --- memories --------------------------------------------------------------------------------------
-        m.submodules.membrane = membrane = memory.Memory(shape=data.ArrayLayout(signed(A), P), depth=WORDS,
-                                                         init=[])
-        mem_wr = membrane.write_port()
-        mem_rd = membrane.read_port(transparent_for=(mem_wr,))
+        if self.membrane_port:
+            mem_rd, mem_wr = self.membrane_read, self.membrane_write
+        else:
+            m.submodules.membrane = membrane = memory.Memory(shape=self.membrane_layout, depth=WORDS, init=[])
+            mem_wr = membrane.write_port()
+            mem_rd = membrane.read_port(transparent_for=(mem_wr,))
 
         # per channel word: the lanes' biases and thresholds, and which lanes are real channels
         param_layout = data.StructLayout({"bias": data.ArrayLayout(signed(A), P),

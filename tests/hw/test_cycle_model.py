@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from spikeforge.hw.accelerator import LanePlan
 from spikeforge.hw.cycle_model import CycleModel
 from spikeforge.hw.layers import channel_words
 from spikeforge.sw import reference
@@ -58,3 +59,11 @@ def test_model_counts_updates_and_synaptic_operations():
     spikes = int(ref.spikes[1].sum())
     assert got.updates[2] == spikes * channel_words(net.populations[2], 3) and got.synaptic_ops[2] == spikes * 4
     assert len(got.step_ends[1]) == 2 and got.step_ends[1][0] < got.step_ends[1][1] < got.cycles
+
+
+@pytest.mark.parametrize("spram", [{1, 3}, {2, 4, 5, 6}])
+def test_model_equals_hardware_with_half_rate_units(spram):
+    """Half-rate units (membranes in SPRAM) advance in odd cycles only: the model skips quiet cycles by their own
+    cycles too."""
+    net = random_residual_network(4, input_shape=(1, 6, 6), layers=RESIDUAL, time_steps=3)
+    assert_rtl_matches_reference(net, random_images(5, net, 2), lanes=LanePlan({1: 2, 4: 3}, spram=spram))

@@ -1,14 +1,16 @@
 """The lane plan (spikeforge.hw.lanes): what it picks for the demo network on each board, that its picks fit
-the device's estimates, and the --lanes option's forms and refusals."""
+the device's estimates, when it puts membranes in the UP5K's SPRAM, and the --lanes option's forms and
+refusals."""
 
 from __future__ import annotations
 
 import pytest
 
 from spikeforge import netimage
-from spikeforge.hw.accelerator import UnsupportedNetworkError, choose_lanes
-from spikeforge.hw.lanes import DEVICES, estimate_logic, estimate_ram_blocks, parse_lanes, plan_lanes
-from spikeforge.testing import random_network
+from spikeforge.hw.accelerator import LanePlan, UnsupportedNetworkError, choose_lanes
+from spikeforge.hw.lanes import (DEVICES, estimate_logic, estimate_ram_blocks, estimate_spram_blocks, parse_lanes,
+                                 place_memories, plan_lanes)
+from spikeforge.testing import random_network, random_residual_network
 from hw_helpers import demo_shaped_network
 
 DEMO = "tests/data/demo-mnist.sfnet"
@@ -78,7 +80,7 @@ def test_memory_precheck_counts_the_blocks_nextpnr_placed(built):
 
 def test_block_shapes_count_usable_bits():
     """A 4-bit-wide DP16KD holds 16 kbit (4096 x 4), a 9-bit-wide one 18 kbit (2048 x 9); iCE40 EBR 4 kbit at
-    every width; memories that cost less in logic or LUT RAM go there; the iCE40's pixel list is in SPRAM."""
+    every width; memories that cost less in logic or LUT RAM go there."""
     from spikeforge.hw.lanes import memory_blocks
 
     ecp5, ice40 = DEVICES["ulx3s-85f"], DEVICES["icebreaker"]
@@ -101,5 +103,46 @@ def test_block_shapes_count_usable_bits():
     assert memory_blocks(row(9, 38), ice40) == 3  # 342 flip-flops cost more than 3 blocks (nextpnr: 3)
     assert memory_blocks(row(5, 26), ice40) == 0  # 130 flip-flops cost less than 2 blocks and a bypass
     assert memory_blocks(row(60, 10), ice40) == 1  # 600 flip-flops cost more than a block
-    assert memory_blocks(row(784, 18, name="input.pixel_list"), ice40) == 0
     assert memory_blocks(row(784, 18, name="input.pixel_list"), ecp5) == 1
+
+
+def _resnet_beyond_the_block_ram():
+    """A ResNet-8-shaped network (28x28 input, stride-2 stem of 5 channels, blocks of 5, 10 and 20): one lane per
+    layer needs 32 block RAMs of the UP5K's 30 (one kept free)."""
+    return random_residual_network(1, input_shape=(1, 28, 28), layers=[
+        ("conv", 5, 3, 2, 1), ("block", 5, 1), ("block", 10, 2), ("block", 20, 2), ("dense", 10)], wbits=4,
+        time_steps=4)
+
+
+def test_the_plan_moves_membranes_to_spram_when_the_block_ram_does_not_suffice():
+    net = _resnet_beyond_the_block_ram()
+    device = DEVICES["icebreaker"]
+    one = {p: 1 for p in range(1, len(net.populations))}
+    assert estimate_ram_blocks(net, LanePlan(one), device) > device.ram_blocks - device.ram_margin
+    plan = plan_lanes(net, "icebreaker")
+    assert isinstance(plan, LanePlan) and plan.spram, plan
+    assert estimate_ram_blocks(net, plan, device) <= device.ram_blocks - device.ram_margin
+    assert estimate_spram_blocks(net, plan) <= device.spram_blocks
+    assert estimate_logic(net, plan) <= device.logic_fill * device.logic_cells
+    # the placement of those lanes is the best one place_memories finds, and it needs SPRAM
+    assert place_memories(net, plan, device) == plan
+    # the ECP5 has no SPRAM: every membrane stays in block RAM there
+    assert not plan_lanes(net, "ulx3s-85f").spram
+    # lanes given by hand get their memories placed too
+    by_hand = parse_lanes("1", net, "icebreaker")
+    assert by_hand.spram and estimate_ram_blocks(net, by_hand, device) <= device.ram_blocks - device.ram_margin
+
+
+def test_the_demo_needs_no_spram_membranes():
+    plan = plan_lanes(netimage.load(DEMO), "icebreaker")
+    assert plan.spram == frozenset() and plan.pixel_list_spram
+
+
+def test_a_network_that_fits_nowhere_gets_the_placement_that_saves_most():
+    net = random_residual_network(1, input_shape=(1, 28, 28), layers=[
+        ("conv", 8, 3, 2, 1), ("block", 8, 1), ("block", 16, 2), ("block", 32, 2), ("dense", 10)], wbits=4)
+    device = DEVICES["icebreaker"]
+    plan = plan_lanes(net, "icebreaker")
+    assert set(plan.values()) == {1} and plan.spram
+    assert estimate_spram_blocks(net, plan) <= device.spram_blocks
+    assert estimate_ram_blocks(net, plan, device) > device.ram_blocks - device.ram_margin

@@ -49,3 +49,16 @@ def test_exported_resnet8_is_bit_exact(leak_shift):
     rtl, ref = assert_rtl_matches_reference(net, image, T)
     counts = ref.spike_counts()[1:-1]
     assert min(counts) > 0, f"a population is silent ({counts}): a weak test"
+
+
+def test_exported_resnet8_with_membranes_in_spram_is_bit_exact():
+    """The stem, a block's conv1 and two joins (identity and strided shortcut) as half-rate units: the same spikes,
+    and the cycle model still equals the RTL."""
+    from spikeforge.hw.accelerator import LanePlan
+
+    net = tiny_exported_resnet8()
+    spram = {p for p, pop in enumerate(net.populations) if pop.name in ("stem", "layer1.0.conv1", "layer1.0",
+                                                                         "layer2.0")}
+    assert len(spram) == 4
+    image = np.random.default_rng(0).integers(0, 256, size=(1, 1, 8, 8)).astype(np.uint8)
+    assert_rtl_matches_reference(net, image, T, lanes=LanePlan({}, spram=spram))

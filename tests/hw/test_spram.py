@@ -11,46 +11,11 @@ from __future__ import annotations
 import random
 
 import pytest
-from amaranth.hdl import Elaboratable, Fragment, Instance, Module, Signal
-from amaranth.lib import memory
+from amaranth.hdl import Elaboratable, Fragment, Instance, Signal
 from amaranth.sim import Simulator
 
 from spikeforge.hw.spram import SinglePortRam, spram_tiles
-
-POISON = 0xDEAD
-
-
-class SpramModel(Elaboratable):
-    """SB_SPRAM256KA as cells_sim.v describes it, with MASKWREN all ones and the block awake."""
-
-    def __init__(self, address, data_in, write, select, data_out):
-        self.address, self.data_in, self.write, self.select, self.data_out = address, data_in, write, select, data_out
-
-    def elaborate(self, platform):
-        m = Module()
-        m.submodules.mem = mem = memory.Memory(shape=16, depth=16384, init=[])
-        w = mem.write_port()
-        r = mem.read_port(domain="comb")
-        m.d.comb += [w.addr.eq(self.address), r.addr.eq(self.address), w.data.eq(self.data_in),
-                     w.en.eq(self.select & self.write)]
-        with m.If(self.select):
-            m.d.sync += self.data_out.eq(r.data)
-            with m.If(self.write):
-                m.d.sync += self.data_out.eq(POISON)
-        return m
-
-
-class UltraPlus:
-    family, device = "iCE40", "iCE40UP5K"
-
-
-class ModelledSpramRam(SinglePortRam):
-    def elaborate(self, platform):
-        return self._elaborate_spram(UltraPlus())
-
-    def _spram_block(self, *, address, data_in, write, select, data_out):
-        return SpramModel(address, data_in, write, select, data_out)
-
+from hw_helpers import ModelledSpramRam
 
 def reference_run(width, depth, ops):
     """The contract in Python: the read_data seen the cycle after each read."""
