@@ -42,7 +42,8 @@ class Device:
     # LUT RAM (ECP5 TRELLIS_DPR16X4: 16 x 4 bits, cost 4) for RAMs; ROMs never go there (prune_rom)
     lut_ram: bool = False
     # bits one block holds of a ROM when Yosys may spread its words over every bit of the block, the 9th and 18th
-    # (parity) bits included (ECP5 DP16KD: 18 kbit); None: a ROM takes whole block shapes like a RAM
+    # (parity) bits included (ECP5 DP16KD: 18 kbit; memory_blocks allows two blocks more); None: a ROM takes whole
+    # block shapes like a RAM
     rom_block_bits: int | None = None
     # the share of the logic the plan fills at most: place and route needs some slack
     logic_fill: float = 0.96
@@ -79,7 +80,8 @@ def memory_blocks(row: dict, device: Device) -> int:
     Yosys (memory_libmap) puts a memory where it costs least: in flip-flops (1 per bit, 1/16 per bit of a ROM),
     in LUT RAM (ECP5, RAMs only: 4 per 16 x 4 cell, plus a read multiplexer of ``width`` bits for each further
     16 words) or in blocks (``block_cost`` each, the fewest blocks of one
-    shape; a ROM on the ECP5 may fill every bit of its blocks, so at most one more than its bits need; a read
+    shape; a ROM on the ECP5 may fill every bit of its blocks: at most two more than its bits fill, a rule fitted
+    to the eight large ROMs of the committed networks' builds, 1.6 to 50 blocks each; a read
     port that must see the same cycle's write adds a bypass of ``width`` bits of logic). A tie goes to logic.
     What is in SPRAM (``spram_memories``) is the caller's to leave out.
     """
@@ -88,7 +90,7 @@ def memory_blocks(row: dict, device: Device) -> int:
         return 0
     blocks = ram_blocks(depth, width, device)
     if rom and device.rom_block_bits:
-        blocks = min(blocks, -(-bits // device.rom_block_bits) + 1)
+        blocks = min(blocks, bits // device.rom_block_bits + 2)
     in_blocks = blocks * device.block_cost + (width if row.get("transparent") else 0)
     in_logic = bits / 16 if rom else bits
     if device.lut_ram and not rom:
