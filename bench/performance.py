@@ -41,10 +41,16 @@ NETWORKS = [
      "icebreaker", 30.0, 2000),
     ("Fashion-MNIST, a larger chain (c16s1-c32s2-c64s2-d128)", "bench/runs/fm-d128-ecp5.sfnet", "fashion-mnist",
      "ulx3s-85f", 45.0, 500),
+    ("Fashion-MNIST, spiking ResNet-8 x1.5, stride-2 stem (docs/resnet.md)", "tests/data/resnet8-fm-ulx3s.sfnet",
+     "fashion-mnist", "ulx3s-85f", 50.0, 1000),
+    ("Fashion-MNIST, spiking ResNet-8 x0.125, stride-2 stem (docs/resnet.md)",
+     "tests/data/resnet8-fm-icebreaker.sfnet", "fashion-mnist", "icebreaker", 24.0, 1000),
 ]
 # lanes where the board's plan does not build: with the plan's 16 / 32 / 32 / 16 / 10 lanes Yosys 0.70 stops in
 # synth_ecp5 on an internal assertion ("GetSize(conn.first) == GetSize(conn.second)", ABC9), with 8 it builds
-LANES = {("bench/runs/fm-d128-ecp5.sfnet", "ulx3s-85f"): 8}
+LANES = {("bench/runs/fm-d128-ecp5.sfnet", "ulx3s-85f"): 8, ("tests/data/resnet8-fm-ulx3s.sfnet", "ulx3s-85f"): 8}
+# the Yosys flow where ABC9 stops on the design (the same assertion; docs/hardware-flow.md)
+SYNTH = {("tests/data/resnet8-fm-ulx3s.sfnet", "ulx3s-85f"): "abc"}
 
 # how each network file was trained (docs/training.md has the runs)
 TRAINING = {
@@ -76,7 +82,8 @@ def measure(label, path, dataset, board, clock, images, build_root) -> dict:
     lanes = choose_lanes(net, LANES[(path, board)]) if (path, board) in LANES else plan_lanes(net, board)
     started = time.perf_counter()
     out = build_root / f"{Path(path).stem}-{board}"
-    report = build(net, board=board, out_dir=out, clock_mhz=clock, lanes=lanes)
+    report = build(net, board=board, out_dir=out, clock_mhz=clock, lanes=lanes,
+                   synth=SYNTH.get((path, board), "default"))
     build_s = time.perf_counter() - started
     perf = predict(net, x, y, lanes=lanes, clock_mhz=report.target_mhz)
     resources = {u.cell: (u.used, u.available) for u in report.utilization}

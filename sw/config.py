@@ -15,7 +15,7 @@ from .neuron import SURROGATES
 __all__ = ["ConfigError", "TrainConfig", "PRESETS", "SPARSE", "preset", "config_key", "RESNET_ARCHS", "AUTO_WIDTHS",
            "LIF_IMPLEMENTATIONS", "CHOICES", "RUN_ONLY", "ADDED_FIELDS", "ALIASES"]
 
-RESNET_ARCHS = ("resnet8", "resnet10", "resnet18", "resnet34", "resnet50")
+RESNET_ARCHS = ("resnet6", "resnet8", "resnet10", "resnet18", "resnet34", "resnet50")
 AUTO_WIDTHS = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0)  # the candidates of --surrogate-width auto
 # compiled: sw/fused.py's FusedLIF with its torch.compile'd T-step kernels (the default: fastest); fused: the same
 # without torch.compile; autograd: sw/neuron.py's LIF, recorded step by step by autograd. Same spikes; gradients
@@ -41,7 +41,7 @@ class TrainConfig:
 
     dataset: str = "mnist"                # mnist | fashion-mnist | cifar10 | cifar100 | imagenette (sw/data.py)
     data_dir: str | None = None           # IDX folder (MNIST-style) or the unpacked dataset folder (colour sets)
-    arch: str = "demo"                    # a chain (model.ARCHITECTURES name or c8s2w8-c16s2w4-d10w4) or resnet8..50
+    arch: str = "demo"                    # a chain (model.ARCHITECTURES name or c8s2w8-c16s2w4-d10w4) or resnet6..50
     time_steps: int = 10
     epochs_float: int = 24
     epochs_qat: int = 4

@@ -284,7 +284,7 @@ def main(argv=None) -> GradFlowTable:
     try:
         widths = [float(w) for w in args.widths.split(",")]
         shape = [int(n) for n in args.input.split(",")] if args.input else \
-            ([1, 28, 28] if args.model in ("resnet8", "resnet10") else [3, 32, 32])
+            ([1, 28, 28] if args.model in ("resnet6", "resnet8", "resnet10") else [3, 32, 32])
     except ValueError:
         raise SystemExit(f"spikeforge gradflow: cannot read --widths {args.widths!r} or --input {args.input!r}; "
                          "write e.g. --widths 0.1,1,10 --input 3,32,32") from None

@@ -24,7 +24,7 @@ from .neuron import LIF, Surrogate
 from .resnet_fold import fold_population
 
 __all__ = ["STEMS", "NeuronFactory", "lif_neuron", "ReLUNeuron", "conv_layer", "readout_layer", "over_time", "ConvBN",
-           "deployed_current", "BasicBlock", "Bottleneck", "SpikingResNet", "resnet8", "resnet10", "resnet18",
+           "deployed_current", "BasicBlock", "Bottleneck", "SpikingResNet", "resnet6", "resnet8", "resnet10", "resnet18",
            "resnet34", "resnet50", "RESNETS"]
 
 STEMS = ("cifar", "imagenet", "imagenet_conv")
@@ -400,6 +400,13 @@ def _scaled(widths: Sequence[int], width: float) -> tuple[int, ...]:
     return tuple(max(1, round(w * width)) for w in widths)
 
 
+def resnet6(*, width: float = 1.0, num_classes: int = 10, in_channels: int = 1, **kwargs) -> SpikingResNet:
+    """ResNet-6 for 28x28 inputs on small FPGAs: CIFAR stem + 2 stages of one BasicBlock, widths 16-32 times
+    ``width`` (six populations: the fewest layer units of a ResNet with an identity and a downsampling join)."""
+    return SpikingResNet(BasicBlock, [1, 1], widths=_scaled((16, 32), width), num_classes=num_classes,
+                         in_channels=in_channels, **kwargs)
+
+
 def resnet8(*, width: float = 1.0, num_classes: int = 10, in_channels: int = 1, **kwargs) -> SpikingResNet:
     """ResNet-8 for 28x28 inputs: CIFAR stem + 3 stages of one BasicBlock, widths 16-32-64 times ``width``."""
     return SpikingResNet(BasicBlock, [1, 1, 1], widths=_scaled((16, 32, 64), width), num_classes=num_classes,
@@ -425,5 +432,5 @@ def resnet50(*, width: float = 1.0, **kwargs) -> SpikingResNet:
     return SpikingResNet(Bottleneck, [3, 4, 6, 3], widths=_scaled((64, 128, 256, 512), width), **kwargs)
 
 
-RESNETS = {"resnet8": resnet8, "resnet10": resnet10, "resnet18": resnet18, "resnet34": resnet34,
+RESNETS = {"resnet6": resnet6, "resnet8": resnet8, "resnet10": resnet10, "resnet18": resnet18, "resnet34": resnet34,
            "resnet50": resnet50}

@@ -11,7 +11,7 @@ from spikeforge import netimage
 from spikeforge.sw import reference
 from spikeforge.sw.bn import BNTT, SharedBN, TdBN, bn_affine, make_bn
 from spikeforge.sw.export import ExportError, export_resnet
-from spikeforge.sw.resnet import (BasicBlock, Bottleneck, ConvBN, SpikingResNet, lif_neuron, resnet8, resnet10,
+from spikeforge.sw.resnet import (BasicBlock, Bottleneck, ConvBN, SpikingResNet, lif_neuron, resnet6, resnet8, resnet10,
                                   resnet18, resnet50)
 from sw_helpers import set_exact_weights
 
@@ -179,8 +179,8 @@ def test_export_refuses_what_does_not_deploy():
         export_resnet(model)
 
 
-@pytest.mark.parametrize("build,blocks,out_channels", [(resnet8, 3, 16), (resnet10, 4, 32), (resnet18, 8, 128),
-                                                       (resnet50, 16, 512)])
+@pytest.mark.parametrize("build,blocks,out_channels", [(resnet6, 2, 8), (resnet8, 3, 16), (resnet10, 4, 32),
+                                                       (resnet18, 8, 128), (resnet50, 16, 512)])
 def test_builders_follow_torchvision(build, blocks, out_channels):
     model = build(width=0.25)
     assert sum(len(s) for s in model.stages) == blocks
@@ -218,3 +218,19 @@ def test_bn_kinds_fold():
         assert torch.allclose(bn(x), a.view(1, 1, -1, 1, 1) * x + d.view(1, 1, -1, 1, 1), atol=1e-5)
     assert isinstance(make_bn("tdbn", 2), TdBN) and isinstance(make_bn("shared", 2), SharedBN)
     assert make_bn("tdbn", 2, join=True).scale == pytest.approx(2 ** -0.5)
+
+
+def test_stride_two_stem_quarters_the_positions_and_exports():
+    """``stem_stride=2`` (the cifar stem's conv at stride 2): every later population has a quarter of the
+    positions, the exporter carries the stride into the stem's projection, and other stems refuse it."""
+    torch.manual_seed(0)
+    model = resnet6(width=0.25, stem_stride=2, time_steps=2, wbits=4).eval()
+    spikes = model.run(torch.rand(2, 1, 28, 28), record=True).spikes
+    assert spikes["stem"].shape[-2:] == (14, 14) and spikes["layer2.0"].shape[-2:] == (7, 7)
+    net = export_resnet(model)
+    stem = next(pop for pop in net.populations if pop.name == "stem")
+    assert tuple(stem.projections[0].stride) == (2, 2) and stem.shape[1:] == (14, 14)
+    assert net.metadata["stem_stride"] == 2
+    netimage.validate(net)
+    with pytest.raises(ValueError, match="stem_stride"):
+        resnet6(stem="imagenet_conv", stem_stride=2)
