@@ -107,11 +107,10 @@ def test_block_shapes_count_usable_bits():
 
 
 def _resnet_beyond_the_block_ram():
-    """A ResNet-8-shaped network (28x28 input, stride-2 stem of 5 channels, blocks of 5, 10 and 20): one lane per
-    layer needs 32 block RAMs of the UP5K's 30 (one kept free)."""
+    """A small residual network (28x28 input, a stride-1 stem of 8 channels, one strided block of 8): one lane per
+    layer needs 59 block RAMs of the UP5K's 30 (one kept free), mostly the 8x28x28 stem membrane."""
     return random_residual_network(1, input_shape=(1, 28, 28), layers=[
-        ("conv", 5, 3, 2, 1), ("block", 5, 1), ("block", 10, 2), ("block", 20, 2), ("dense", 10)], wbits=4,
-        time_steps=4)
+        ("conv", 8, 3, 1, 1), ("block", 8, 2), ("dense", 10)], wbits=4, time_steps=4)
 
 
 def test_the_plan_moves_membranes_to_spram_when_the_block_ram_does_not_suffice():
