@@ -411,7 +411,7 @@ def cmd_bitstream(args) -> int:
 # Yosys flow their bitstreams are built with (docs/resnet.md says why)
 RESNET_DEMO = {
     "ulx3s-85f": ("tests/data/resnet8-fm-ulx3s.sfnet", "8", "abc"),
-    "icebreaker": ("tests/data/resnet8-fm-icebreaker.sfnet", "auto", "default"),
+    "icebreaker": ("tests/data/resnet6-fm-icebreaker.sfnet", "1", "default"),
 }
 RESNET_DEMO_DATASET = "fashion-mnist"
 

@@ -160,7 +160,10 @@ def _deploy_aware(run: dict) -> str:
 
 def _key(run: dict) -> tuple:
     cfg = run["config"]
-    return cfg["dataset"], cfg["arch"], cfg.get("width"), cfg.get("bn")
+    # the twin of a run: same data, architecture, stem, bn and budget (an older run's config without a field had
+    # its default)
+    return (cfg["dataset"], cfg["arch"], cfg.get("width"), cfg.get("bn"), cfg.get("stem_stride", 1),
+            cfg.get("epochs_float"), cfg.get("train_subset"))
 
 
 def render(runs: list[dict], curve: dict | None = None, command: str = "spikeforge results ...") -> str:
