@@ -28,7 +28,11 @@ SYNTH_FLOWS = ("default", "abc")
 DEFAULT_IMAGES = {"rtl": 20, "gate": 5}
 BOARDS = ("icebreaker", "ulx3s-85f")
 # spikeforge.hw.bitstream.BOARDS[b].default_clock_mhz (a test keeps the two equal; importing it here would slow --help)
-CYCLE_MODEL_IMAGES = 200  # rtl: images the cycle model is compared on (it runs at 10-20 images/s)
+# rtl: the cycle model is compared with the RTL on the first CYCLE_MODEL_IMAGES images, stopping early once the
+# images it modelled took CYCLE_MODEL_CYCLES RTL cycles (it models about 100,000 cycles/s: 10-20 MNIST images/s,
+# but about 9 s for one image of the ULX3S ResNet-8, where 200 images would take half an hour)
+CYCLE_MODEL_IMAGES = 200
+CYCLE_MODEL_CYCLES = 20_000_000
 DEFAULT_CLOCK_MHZ = {"icebreaker": 24.0, "ulx3s-85f": 50.0}
 
 
@@ -223,8 +227,12 @@ def _run_rtl(args, net, images, labels, T: int) -> int:
         return run_rtl(net, chunk, time_steps=T, build_dir=build_dir, waves=args.waves, lanes=lanes,
                        simulator=args.simulator, jobs=args.jobs, seed=args.seed + start, progress=False)
 
-    def model(ref, rtl, start):  # the cycle model next to the RTL, on the first CYCLE_MODEL_IMAGES images
-        keep = max(0, min(len(rtl.cycles), CYCLE_MODEL_IMAGES - start))
+    def model(ref, rtl, start):  # the cycle model next to the RTL, within CYCLE_MODEL_IMAGES / CYCLE_MODEL_CYCLES
+        keep, spent = 0, sum(c for _, c in modelled)
+        while (keep < len(rtl.cycles) and len(modelled) + keep < CYCLE_MODEL_IMAGES
+               and spent < CYCLE_MODEL_CYCLES):
+            spent += rtl.cycles[keep]
+            keep += 1
         if keep:
             predicted = CycleModel(net, T, lanes=lanes).run(images[start:start + keep], ref)
             modelled.extend(zip((c.cycles for c in predicted), rtl.cycles[:keep]))
@@ -346,7 +354,8 @@ def _run_fpga(args, net, images, labels, ref) -> int:
     return 0
 
 
-DEMO_PERF_IMAGES = 500  # test images `spikeforge demo` runs through the cycle model
+# test images `spikeforge demo` runs through the cycle model (the ResNet's take about 9 s each: docs/resnet.md)
+DEMO_PERF_IMAGES = {"chain": 500, "resnet": 50}
 
 LANES_HELP = ("output-channel lanes per layer: 'auto' (the board's lane plan), one number for every layer, or "
               "name=N,name=N for some layers (default: auto)")
@@ -464,8 +473,9 @@ def cmd_demo(args) -> int:
     import json
 
     clock = json.loads((out / "bitstream" / "report.json").read_text())["clock"]["target_mhz"]
-    print(f"== 5/5 latency per image at the bitstream's {clock:g} MHz (cycle model, {DEMO_PERF_IMAGES} test images)")
-    cmd_perf(parser.parse_args(["perf", str(network_path), *data, "--images", str(DEMO_PERF_IMAGES), "--board",
+    perf_images = DEMO_PERF_IMAGES["resnet" if resnet else "chain"]
+    print(f"== 5/5 latency per image at the bitstream's {clock:g} MHz (cycle model, {perf_images} test images)")
+    cmd_perf(parser.parse_args(["perf", str(network_path), *data, "--images", str(perf_images), "--board",
                                 board, "--lanes", lanes, "--clock", str(clock), "--json", str(out / "perf.json")]))
     if summary is not None:
         print("\nfloat / QAT / deployed accuracy: " + " / ".join(

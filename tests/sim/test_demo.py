@@ -48,3 +48,23 @@ def test_demo_network_bit_exact_on_mnist(tmp_path, name, board, simulator, count
     print(f"\n{simulator}, {count} images, T={T}: {rtl.sim_cycles} cycles in {rtl.sim_s:.1f} s "
           f"({rtl.cycles_per_second:.0f} cycles/s over 2 processes), cycles per image "
           f"{min(rtl.cycles)}..{max(rtl.cycles)}, spikes {ref.spike_counts()}")
+
+
+def test_the_cycle_model_check_stops_at_its_cycle_budget(tmp_path, capsys, monkeypatch):
+    """`spikeforge run --backend rtl` sets the cycle model beside the RTL on the first images only until they took
+    CYCLE_MODEL_CYCLES RTL cycles (one image of the ULX3S ResNet takes the model ~9 s): with the budget of one cycle
+    it models exactly one of three images, with the default budget all three, and the RTL checks all three."""
+    from spikeforge import cli
+    from spikeforge.testing import random_network
+
+    net = random_network(5, input_shape=(1, 28, 28), layers=[("conv", 2, 3, 2, 1), ("dense", 4)], time_steps=2,
+                         activity=0.5)
+    path = str(netimage.save(net, tmp_path / "tiny.sfnet"))
+    args = ["run", path, "--backend", "rtl", "--images", "3", "--jobs", "1", "--build-dir", str(tmp_path / "rtl")]
+    for budget, modelled in ((1, 1), (cli.CYCLE_MODEL_CYCLES, 3)):
+        monkeypatch.setattr(cli, "CYCLE_MODEL_CYCLES", budget)
+        status = cli.main(args)
+        out = capsys.readouterr().out
+        assert status == 0, out
+        assert f"cycle model (spikeforge perf) on the first {modelled} images" in out, out
+        assert "RTL bit-exact with the integer reference at T=2 on 3 images" in out, out
