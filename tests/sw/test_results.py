@@ -27,9 +27,9 @@ def test_train_command_reproduces_the_config(monkeypatch):
     assert dataclasses.replace(parsed, threads=1) == config
 
 
-def _summary(dataset, arch, deployed, qat, *, ann=False, window=None, width=0.5, bn="shared", T=10):
+def _summary(dataset, arch, deployed, qat, *, ann=False, window=None, width=0.5, bn="shared", T=10, stem=1):
     cfg = dataclasses.asdict(TrainConfig(dataset=dataset, arch=arch, ann=ann, temporal_window=window, width=width,
-                                         bn=bn))
+                                         bn=bn, stem_stride=stem))
     return {"dataset": dataset, "arch": arch, "model": "spiking chain" if not arch.startswith("resnet") else arch,
             "time_steps": 1 if ann else T, "train_images": 60000, "test_images": 10000, "float_accuracy": qat,
             "qat_accuracy": qat, "deployed_accuracy": deployed, "deployed_images": 10000,
@@ -138,3 +138,16 @@ def test_archived_summaries_rebuild_the_page_without_the_run_folders(tmp_path, m
     bad.write_text("[1, 2]")
     with pytest.raises(results.ResultsError, match=r"bad.json: not a training summary"):
         results.load_runs([bad])
+
+
+def test_an_ann_twin_pairs_only_with_the_same_stem_and_budget():
+    """A stride-2-stem ANN run is not the twin of a stride-1-stem spiking run, nor of one trained longer."""
+    snn = dict(_summary("fashion-mnist", "resnet8", 0.80, 0.80, stem=2), run="build/s2")
+    other = [dict(_summary("fashion-mnist", "resnet8", 0.77, 0.77), run="build/s1"),
+             dict(_summary("fashion-mnist", "resnet8", 0.85, 0.85, stem=2), run="build/s2-long")]
+    other[1]["config"]["epochs_float"] = 40
+    ann = dict(_summary("fashion-mnist", "resnet8", None, 0.83, ann=True, stem=2), run="build/s2-ann")
+    text = results.render([snn, *other, ann])
+    pairs = text.split("## SNN vs ANN twin")[1].split("##")[0]
+    assert "| 80.00% | 83.00% | +3.00 points |" in pairs
+    assert "77.00%" not in pairs and "85.00%" not in pairs
