@@ -22,8 +22,10 @@ NET ?= $(firstword $(wildcard $(BUILD)/demo/network.sfnet) tests/data/demo-mnist
 IMAGES ?= 20
 SIM ?= icarus
 BOARD ?= icebreaker
-# test images `make gate` runs through the board's synthesized netlist
+# test images `make gate` runs through the board's synthesized netlist, and the netlist's simulator (icarus or
+# verilator: minutes to build, then tens of times faster, for large netlists at T=10)
 GATE_IMAGES ?= 5
+GATE_SIM ?= icarus
 
 .PHONY: setup demo demo-resnet test test-slow regress train sim sim-full gate bitstream clean
 
@@ -84,7 +86,7 @@ sim-full: setup
 # the board's synthesized netlist in Icarus, against the reference and the RTL (docs/hardware-flow.md)
 gate: setup
 	$(BIN)/spikeforge run $(NET) --backend gate --board $(BOARD) --dataset $(DATASET) --images $(GATE_IMAGES) \
-	  --simulator $(SIM) --build-dir $(BUILD)/gate
+	  --simulator $(SIM) --gate-simulator $(GATE_SIM) --build-dir $(BUILD)/gate
 
 bitstream: setup
 	$(BIN)/spikeforge bitstream $(NET) --board $(BOARD) --out $(BUILD)/bitstream $(if $(CLOCK),--clock $(CLOCK))

@@ -269,7 +269,7 @@ def _run_rtl(args, net, images, labels, T: int) -> int:
 
 
 def _run_gate(args, net, images, labels, ref, T: int, ref_s: float) -> int:
-    """``run --backend gate``: the board's synthesized netlist in Icarus, checked against the reference (spikes,
+    """``run --backend gate``: the board's synthesized netlist in Icarus or Verilator, checked against the reference (spikes,
     readout) and against the RTL under the same stimulus (spikes, readout, cycles per image)."""
     from spikeforge.sim.gate import compare, run_gate
     from spikeforge.sim.rtl import run_rtl
@@ -284,12 +284,14 @@ def _run_gate(args, net, images, labels, ref, T: int, ref_s: float) -> int:
           f"cycles/s over {rtl.processes} process(es)")
     # a correct netlist takes the RTL's cycles: a stuck one is stopped long before run_rtl's generous watchdog
     gate = run_gate(net, images, T, args.board, args.build_dir, lanes=lanes, jobs=args.jobs, seed=args.seed,
-                    synth=args.synth, waves=args.waves, watchdog=2 * max(rtl.cycles) + 1000)
+                    synth=args.synth, waves=args.waves, watchdog=2 * max(rtl.cycles) + 1000,
+                    simulator=args.gate_simulator)
     netlist = gate.netlist
     synthesis = "reused from the build folder" if netlist.cached else f"{netlist.synth_s:.1f} s"
     print(f"{gate.source} netlist: {netlist.flow}, synthesis {synthesis}; {netlist.cells_text()}")
     print(f"{gate.source} {_outcome(args, gate.prediction, labels, count)}, {gate.wall_s:.1f} s, "
-          f"{gate.cycles_per_second:,.0f} simulated cycles/s over {gate.processes} process(es) (Icarus)")
+          f"{gate.cycles_per_second:,.0f} simulated cycles/s over {gate.processes} process(es) "
+          f"({SIMULATOR_NAMES[args.gate_simulator]})")
     cycles = list(gate.cycles)
     detail = {"spikes and readout vs the reference": f" (every spike of every population at every step and the "
                                                      f"readout potentials, {count} image(s))",
@@ -542,6 +544,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--simulator", choices=SIMULATORS, default="icarus",
                    help="rtl (and gate's RTL run): the Verilog simulator (default: icarus; verilator builds for "
                         "~10-60 s, then runs many times faster: use it for hundreds of images)")
+    p.add_argument("--gate-simulator", choices=SIMULATORS, default="icarus",
+                   help="gate: the simulator of the netlist (default: icarus; verilator compiles the netlist with "
+                        "the cell models for minutes, then runs it tens of times faster: large netlists at T=10)")
     p.add_argument("--synth", choices=SYNTH_FLOWS, default="default",
                    help="gate: the Yosys flow (default: the bitstream's synth_ice40 -dsp / synth_ecp5; abc: LUTs "
                         "mapped by the classic abc pass, for designs where Yosys 0.70's ABC9 fails)")
@@ -587,6 +592,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-timing-fail", action="store_true",
                    help="keep the bitstream when the design's Fmax is below the clock (default: refuse it)")
     p.add_argument("--lanes", default="auto", help=LANES_HELP)
+    p.add_argument("--gate-simulator", choices=SIMULATORS, default="icarus",
+                   help="gate: the simulator of the netlist (default: icarus; verilator compiles the netlist with "
+                        "the cell models for minutes, then runs it tens of times faster: large netlists at T=10)")
     p.add_argument("--synth", choices=SYNTH_FLOWS, default="default",
                    help="Yosys flow: default (ABC9) or abc (the classic abc -lut 4; for designs where Yosys 0.70's "
                         "ABC9 stops on an internal assertion)")

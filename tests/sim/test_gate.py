@@ -82,6 +82,25 @@ def test_the_cli_compares_the_netlist_with_reference_and_rtl(ice40_run, tmp_path
                      out), out
 
 
+def test_the_netlist_in_verilator_equals_reference_rtl_and_icarus(ice40_run, capsys):
+    """`--gate-simulator verilator` compiles the same netlist, cell models and testbench to C++: the same spikes,
+    readout and cycles per image as the RTL and as the netlist in Icarus, under the same stimulus."""
+    net, images, ref, rtl, gate, root = ice40_run
+    fast = run_gate(net, images, 1, "icebreaker", root, jobs=1, watchdog=2 * max(rtl.cycles) + 1000,
+                    simulator="verilator")
+    assert fast.netlist.cached and fast.simulator == "verilator"
+    _assert_all_equal(compare(ref, rtl, fast, net))
+    assert fast.cycles == gate.cycles and (fast.spikes[1] == gate.spikes[1]).all()
+    path = netimage.save(net, root / "tiny.sfnet")
+    status = cli.main(["run", str(path), "--backend", "gate", "--gate-simulator", "verilator", "--images", "2",
+                       "--jobs", "1", "--build-dir", str(root)])
+    out = capsys.readouterr().out
+    assert status == 0 and "cycles per image vs the RTL: equal" in out, out
+    assert re.search(r"simulated cycles/s over 1 process\(es\) \(Verilator\)", out), out
+    with pytest.raises(GateSimError, match="unknown simulator 'xsim'"):
+        run_gate(net, images, 1, "icebreaker", root, jobs=1, simulator="xsim")
+
+
 def test_a_corrupted_netlist_is_caught_and_named(ice40_run, tmp_path, capsys):
     """Bit 0 of layer 1's spike index stuck at 0 in the netlist: the comparator names image, step and neuron, and
     the command line exits with status 1."""
