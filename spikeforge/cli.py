@@ -269,8 +269,8 @@ def _run_rtl(args, net, images, labels, T: int) -> int:
 
 
 def _run_gate(args, net, images, labels, ref, T: int, ref_s: float) -> int:
-    """``run --backend gate``: the board's synthesized netlist in Icarus or Verilator, checked against the reference (spikes,
-    readout) and against the RTL under the same stimulus (spikes, readout, cycles per image)."""
+    """``run --backend gate``: the board's synthesized netlist in Icarus or Verilator, checked against the
+    reference (spikes, readout) and against the RTL under the same stimulus (spikes, readout, cycles per image)."""
     from spikeforge.sim.gate import compare, run_gate
     from spikeforge.sim.rtl import run_rtl
 

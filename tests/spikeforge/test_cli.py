@@ -208,7 +208,8 @@ def test_resnet_demo_networks_are_committed():
     for board, (name, lanes, _) in cli.RESNET_DEMO.items():
         net = netimage.load(name)
         joins = [pop for pop in net.populations if len({proj.source for proj in pop.projections}) == 2]
-        assert len(joins) == expected_joins[board] and net.time_steps == 10 and net.metadata["dataset"] == "fashion-mnist", name
+        assert len(joins) == expected_joins[board], name
+        assert net.time_steps == 10 and net.metadata["dataset"] == "fashion-mnist", name
         memory_precheck(net, board, parse_lanes(lanes, net, board))
 
 
