@@ -83,7 +83,7 @@ sim-full: setup
 	$(BIN)/spikeforge run $(NET) --backend rtl --dataset $(DATASET) --images 10000 --simulator verilator \
 	  --board $(BOARD) $(if $(LANES),--lanes $(LANES)) --build-dir $(BUILD)/sim-full
 
-# the board's synthesized netlist in Icarus, against the reference and the RTL (docs/hardware-flow.md)
+# the board's synthesized netlist in Icarus (or Verilator), against the reference and the RTL (docs/hardware-flow.md)
 gate: setup
 	$(BIN)/spikeforge run $(NET) --backend gate --board $(BOARD) --dataset $(DATASET) --images $(GATE_IMAGES) \
 	  --simulator $(SIM) --gate-simulator $(GATE_SIM) --build-dir $(BUILD)/gate

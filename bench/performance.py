@@ -48,7 +48,7 @@ NETWORKS = [
 ]
 # lanes where the board's plan does not build: with the plan's 16 / 32 / 32 / 16 / 10 lanes Yosys 0.70 stops in
 # synth_ecp5 on an internal assertion ("GetSize(conn.first) == GetSize(conn.second)", ABC9), with 8 it builds
-# (the ResNet-8 on the ECP5: 8 lanes build in about 14 minutes on two cores; the plan's 24-96 lanes would take
+# (the ResNet-8 on the ECP5: 8 lanes build in 6-14 minutes on two cores; the plan's 24-96 lanes would take
 # several times that. The ResNet-6 on the UP5K: one lane per layer is what its logic allows)
 LANES = {("bench/runs/fm-d128-ecp5.sfnet", "ulx3s-85f"): 8, ("tests/data/resnet8-fm-ulx3s.sfnet", "ulx3s-85f"): 8,
          ("tests/data/resnet6-fm-icebreaker.sfnet", "icebreaker"): 1}
