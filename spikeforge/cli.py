@@ -592,9 +592,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-timing-fail", action="store_true",
                    help="keep the bitstream when the design's Fmax is below the clock (default: refuse it)")
     p.add_argument("--lanes", default="auto", help=LANES_HELP)
-    p.add_argument("--gate-simulator", choices=SIMULATORS, default="icarus",
-                   help="gate: the simulator of the netlist (default: icarus; verilator compiles the netlist with "
-                        "the cell models for minutes, then runs it tens of times faster: large netlists at T=10)")
     p.add_argument("--synth", choices=SYNTH_FLOWS, default="default",
                    help="Yosys flow: default (ABC9) or abc (the classic abc -lut 4; for designs where Yosys 0.70's "
                         "ABC9 stops on an internal assertion)")

@@ -15,7 +15,7 @@ from spikeforge.testing import random_network
     ("export", ["checkpoint", "--output", "--max-acc-bits"]),
     ("inspect", ["network"]),
     ("run", ["--backend", "{torch,int,rtl,fpga,gate}", "--images", "--waves", "--port", "--simulator",
-             "{icarus,verilator}", "--input", "--seed", "--synth", "{default,abc}"]),
+             "{icarus,verilator}", "--input", "--seed", "--synth", "{default,abc}", "--gate-simulator"]),
     ("bitstream", ["--board", "{icebreaker,ulx3s-85f}", "--lanes", "--clock", "--synth", "{default,abc}"]),
     ("perf", ["--board", "--lanes", "--clock", "--images", "--json"]),
     ("demo", ["--rtl-images", "--board", "--arch", "{chain,resnet}"]),
